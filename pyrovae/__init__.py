@@ -1,0 +1,36 @@
+"""pyrovae: variational autoencoders as Pyro model/guide pairs, with honest log p(x)."""
+
+from .data import DataError, ImageData, from_tensor, load_dataset, load_embedded_mnist
+from .importance import (
+    IWAE,
+    ContractError,
+    MarginalLikelihood,
+    log_importance_weights,
+    log_marginal_likelihood,
+)
+from .infer import Trainer, TrainingError, train
+from .likelihoods import Likelihood, make_likelihood
+from .models import VAE
+from .priors import Prior, make_prior
+
+__version__ = "0.1.0"
+__all__ = [
+    "IWAE",
+    "VAE",
+    "ContractError",
+    "DataError",
+    "ImageData",
+    "Likelihood",
+    "MarginalLikelihood",
+    "Prior",
+    "Trainer",
+    "TrainingError",
+    "from_tensor",
+    "load_dataset",
+    "load_embedded_mnist",
+    "log_importance_weights",
+    "log_marginal_likelihood",
+    "make_likelihood",
+    "make_prior",
+    "train",
+]

@@ -1,0 +1,278 @@
+"""Image data for VAEs: MNIST-like sets as tensors, data spaces, batching and input checks.
+
+Images are loaded once through torchvision's dataset classes into a ``uint8`` tensor of
+shape ``(N, D)`` and turned into observations for a likelihood by a *data space*:
+
+==================  ==========================================================================
+``binary-dynamic``  a fresh draw ``x ~ Bernoulli(k / 255)`` every epoch (Burda et al. 2015)
+``binary-threshold`` ``x = 1[k / 255 > 0.5]``, the same every epoch
+``grey``            ``x = k / 255`` in ``[0, 1]``
+``dequantized``     ``x = (k + u) / 256`` with a fresh ``u ~ U(0, 1)`` every epoch
+``levels``          ``x = floor(k * L / 256)`` in ``{0, ..., L-1}`` (``L = levels``)
+==================  ==========================================================================
+
+Where the files come from: ``--data-dir``, else the ``PYROVAE_DATA`` environment variable,
+else a user cache folder. torchvision downloads missing files when online. The package also
+ships a real 10,000-digit MNIST subset (:func:`load_embedded_mnist`) so that demos and tests run
+offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA_ENV = "PYROVAE_DATA"
+DATA_SPACES = ("binary-dynamic", "binary-threshold", "grey", "dequantized", "levels")
+DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+class DataError(ValueError):
+    """Bad or missing data, reported before any training starts."""
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """8-bit images flattened to ``(N, D)`` with optional labels, and how to observe them.
+
+    ``space`` selects the observations a likelihood sees (see the module docstring);
+    ``levels`` is the number of grey levels for ``space="levels"``.
+    """
+
+    images: torch.Tensor  # uint8, (N, D)
+    labels: torch.Tensor | None = None  # int64, (N,)
+    image_shape: tuple[int, ...] = (28, 28)
+    space: str = "binary-dynamic"
+    levels: int = 256
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 2:
+            raise DataError("ImageData.images must be a uint8 tensor of shape (N, D)")
+        if self.space not in DATA_SPACES:
+            raise DataError(f"unknown data space {self.space!r}; choose one of {DATA_SPACES}")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise DataError(f"{len(self.labels)} labels for {len(self.images)} images")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def data_dim(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def fresh_each_epoch(self) -> bool:
+        """Whether :meth:`observations` draws new random values for each ``generator`` state."""
+        return self.space in ("binary-dynamic", "dequantized")
+
+    def with_space(self, space: str, levels: int | None = None) -> ImageData:
+        return replace(self, space=space, levels=self.levels if levels is None else levels)
+
+    def subset(self, index: torch.Tensor | slice) -> ImageData:
+        labels = None if self.labels is None else self.labels[index]
+        return replace(self, images=self.images[index], labels=labels)
+
+    def split(self, num_heldout: int, seed: int = 0) -> tuple[ImageData, ImageData]:
+        """A random ``(train, heldout)`` split, the same for the same ``seed``."""
+        if not 0 < num_heldout < len(self):
+            raise DataError(f"cannot hold out {num_heldout} of {len(self)} images")
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.subset(perm[num_heldout:]), self.subset(perm[:num_heldout])
+
+    def observations(
+        self,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """The images in this data space as a ``(N, D)`` tensor.
+
+        Random spaces (``binary-dynamic``, ``dequantized``) draw from ``generator``: the same
+        generator state gives the same observations, so a held-out set stays fixed when it is
+        drawn with a fixed seed.
+        """
+        k = self.images.to(device=device, dtype=dtype)
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        if self.space == "binary-dynamic":
+            u = torch.rand(k.shape, generator=generator, device=gen_device, dtype=dtype)
+            return (u.to(k.device) < k / 255).to(dtype)
+        if self.space == "binary-threshold":
+            return (k / 255 > 0.5).to(dtype)
+        if self.space == "grey":
+            return k / 255
+        if self.space == "dequantized":
+            u = torch.rand(k.shape, generator=generator, device=gen_device, dtype=dtype)
+            return (k + u.to(k.device)) / 256
+        return torch.div(k.long() * self.levels, 256, rounding_mode="floor").to(dtype)
+
+
+def from_tensor(
+    images: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray | None = None,
+    space: str = "binary-dynamic",
+    name: str = "user data",
+) -> ImageData:
+    """Wrap a user's images: ``uint8`` in ``0..255`` or floats in ``[0, 1]`` (rounded to 8 bits).
+
+    Images of shape ``(N, H, W)`` or ``(N, C, H, W)`` keep their shape for plots; ``(N, D)``
+    is taken as flat.
+    """
+    x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
+    if x.dim() < 2:
+        raise DataError(f"images must have shape (N, D) or (N, H, W); got {tuple(x.shape)}")
+    if x.dtype != torch.uint8:
+        x = x.double()
+        if not torch.isfinite(x).all():
+            raise DataError("images contain NaN or infinite values")
+        if x.min() < 0 or x.max() > 1:
+            raise DataError(
+                f"float images must lie in [0, 1]; got values in [{x.min():.3g}, {x.max():.3g}]"
+                " (divide 8-bit images by 255, or pass them as uint8)"
+            )
+        x = (x * 255).round().to(torch.uint8)
+    shape = tuple(x.shape[1:])
+    y = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+    return ImageData(x.reshape(len(x), -1), y, shape if len(shape) > 1 else shape, space, name=name)
+
+
+def default_data_dir() -> Path:
+    """``$PYROVAE_DATA`` if set, else ``$XDG_CACHE_HOME/pyrovae`` (``~/.cache/pyrovae``)."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return _cache_dir()
+
+
+def _cache_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "pyrovae"
+
+
+def _torchvision_root(root: Path, folder: str) -> Path:
+    """A root torchvision can use without writing into ``root``.
+
+    torchvision unpacks ``raw/*.gz`` next to the archives. When ``root`` holds only the
+    archives (a shared, possibly read-only copy), link them into a cache mirror and let
+    torchvision unpack there, so the user's data folder is never modified.
+    """
+    raw = root / folder / "raw"
+    unpacked = [raw / f[: -len(".gz")] for pair in _FILES.values() for f in pair]
+    archives = [raw / f for pair in _FILES.values() for f in pair]
+    if all(p.exists() for p in unpacked) or not all(p.exists() for p in archives):
+        return root
+    mirror = _cache_dir() / "mirror" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    (mirror / folder / "raw").mkdir(parents=True, exist_ok=True)
+    for a in archives:
+        link = mirror / folder / "raw" / a.name
+        if not link.exists():
+            link.symlink_to(a.resolve())
+    return mirror
+
+
+def load_dataset(
+    name: str = "mnist",
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    space: str = "binary-dynamic",
+    download: bool = True,
+) -> ImageData:
+    """MNIST or Fashion-MNIST (``name``) as :class:`ImageData`, via torchvision.
+
+    ``data_dir`` (else ``$PYROVAE_DATA``, else a cache folder) holds torchvision's layout,
+    ``<data_dir>/MNIST/raw/*.gz``. Missing files are downloaded when ``download`` is true and
+    the machine is online; otherwise a :class:`DataError` names the files it needs.
+    """
+    if name == "embedded":
+        return load_embedded_mnist(space=space)
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} or 'embedded'")
+    if split not in _FILES:
+        raise DataError(f"split must be 'train' or 'test', not {split!r}")
+    import torchvision
+
+    folder = DATASETS[name]
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    cls = getattr(torchvision.datasets, folder)
+    try:
+        # torchvision prints each failed mirror; the error below says all that matters.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ds = cls(str(_torchvision_root(root, folder)), train=split == "train", download=download)
+    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError here
+        needed = ", ".join(_FILES[split])
+        raise DataError(
+            f"{folder} {split} files not found under {root / folder / 'raw'} and could not be "
+            f"downloaded ({type(err).__name__}: {err}).\n"
+            f"Put {needed} there (torchvision's layout), or point --data-dir or the "
+            f"{DATA_ENV} environment variable at a folder that holds {folder}/raw/. "
+            "Without any files, `--dataset embedded` uses the 10,000 MNIST digits shipped "
+            "with pyrovae."
+        ) from None
+    images = ds.data.reshape(len(ds.data), -1).to(torch.uint8)
+    return ImageData(images, ds.targets.long(), (28, 28), space, name=f"{name}-{split}")
+
+
+def _read_idx_gz(path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_embedded_mnist(space: str = "binary-dynamic") -> ImageData:
+    """The first 10,000 MNIST training digits, shipped with pyrovae (see ``_embedded/README``)."""
+    pkg = resources.files("pyrovae") / "_embedded"
+    with resources.as_file(pkg / "mnist-train-10k-images-idx3-ubyte.gz") as p:
+        images = _read_idx_gz(p)
+    with resources.as_file(pkg / "mnist-train-10k-labels-idx1-ubyte.gz") as p:
+        labels = _read_idx_gz(p)
+    return ImageData(
+        torch.from_numpy(images.reshape(len(images), -1).copy()),
+        torch.from_numpy(labels.astype(np.int64)),
+        (28, 28),
+        space,
+        name="mnist-embedded-10k",
+    )
+
+
+def minibatches(
+    x: torch.Tensor, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
+) -> Iterator[torch.Tensor]:
+    """Index-sliced minibatches of the rows of ``x`` (one shuffle per call)."""
+    n = x.shape[0]
+    if shuffle:
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for idx in order.split(batch_size):
+            yield x[idx]
+    else:
+        yield from x.split(batch_size)
+
+
+def check_observations(x: torch.Tensor, data_dim: int | None = None, what: str = "data") -> None:
+    """Shape and finiteness checks shared by training and evaluation; raises :class:`DataError`."""
+    if not torch.is_tensor(x):
+        raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        hint = " (flatten images with x.reshape(len(x), -1))" if x.dim() > 2 else ""
+        raise DataError(f"{what} must have shape (N, D); got {tuple(x.shape)}{hint}")
+    if data_dim is not None and x.shape[1] != data_dim:
+        raise DataError(f"{what} has {x.shape[1]} values per row but the model expects {data_dim}")
+    if x.shape[0] == 0:
+        raise DataError(f"{what} is empty")
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).any(1).nonzero()[:5, 0].tolist()
+        raise DataError(f"{what} contains NaN or infinite values (rows {bad}...)")

@@ -1,0 +1,127 @@
+"""Pictures of a trained VAE and of its evaluation, saved as PNG (atomically).
+
+matplotlib runs on its non-interactive Agg backend, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .runs import atomic_write  # noqa: E402
+
+
+def save_figure(fig, path: str | Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncol: int) -> np.ndarray:
+    """Tile ``(N, D)`` images in ``[0, 1]`` into one ``(rows*H, ncol*W)`` array (1 px gaps)."""
+    shape = tuple(image_shape)
+    h, w = shape[-2:]
+    imgs = images.detach().float().cpu().reshape(len(images), -1, h, w).mean(1).numpy()
+    nrow = math.ceil(len(imgs) / ncol)
+    grid = np.ones((nrow * (h + 1) - 1, ncol * (w + 1) - 1), dtype=np.float32)
+    for i, img in enumerate(imgs):
+        r, c = divmod(i, ncol)
+        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
+    return grid
+
+
+def _show(ax, grid: np.ndarray, title: str) -> None:
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+
+
+def plot_samples(path, images: torch.Tensor, image_shape, title: str = "samples") -> None:
+    ncol = math.ceil(math.sqrt(len(images)))
+    fig, ax = plt.subplots(figsize=(6, 6))
+    _show(ax, image_grid(images, image_shape, ncol), title)
+    save_figure(fig, path)
+
+
+def plot_reconstructions(path, x: torch.Tensor, recon: torch.Tensor, image_shape) -> None:
+    """Data (left) beside the decoder mean at the encoder's mean (right)."""
+    ncol = math.ceil(math.sqrt(len(x)))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    _show(axes[0], image_grid(x, image_shape, ncol), "data")
+    _show(axes[1], image_grid(recon.clamp(0, 1), image_shape, ncol), "reconstruction E[x | z=mean q(z|x)]")
+    save_figure(fig, path)
+
+
+def plot_curves(path, history: list[dict], objective: str = "elbo") -> None:
+    """Training bound and held-out ELBO per epoch, in nats per datapoint."""
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["train_bound"] for r in history], "o-", ms=3, label=f"train {objective}")
+    if any("heldout_elbo" in r for r in history):
+        ax.plot(
+            [r["epoch"] for r in history if "heldout_elbo" in r],
+            [r["heldout_elbo"] for r in history if "heldout_elbo" in r],
+            "s-", ms=3, label="held-out ELBO",
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint (higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def project_2d(z: torch.Tensor) -> tuple[np.ndarray, str]:
+    """``z`` itself when 2-D, else its first two principal components."""
+    z = z.detach().double().cpu()
+    if z.shape[1] <= 2:
+        return z.numpy(), "z"
+    zc = z - z.mean(0)
+    _, s, v = torch.linalg.svd(zc, full_matrices=False)
+    share = (s[:2] ** 2).sum() / (s**2).sum()
+    return (zc @ v[:2].T).numpy(), f"PCA of z ({share:.0%} of variance)"
+
+
+def plot_latent(path, z_mean: torch.Tensor, labels: torch.Tensor | None) -> None:
+    """Posterior means E_q[z | x], coloured by label."""
+    pts, what = project_2d(z_mean)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    if labels is None:
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.6)
+    else:
+        sc = ax.scatter(pts[:, 0], pts[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=3, alpha=0.7)
+        fig.colorbar(sc, ax=ax, ticks=range(int(labels.max()) + 1), label="label")
+    ax.set_title(f"posterior means, {what}", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_manifold(path, decode_mean, image_shape, n: int = 20, span: float = 0.95) -> None:
+    """Decoder means over an ``n x n`` grid of Normal quantiles in a 2-D latent space."""
+    q = torch.linspace((1 - span) / 2, (1 + span) / 2, n, dtype=torch.float64)
+    g = torch.distributions.Normal(0.0, 1.0).icdf(q).float()
+    zz = torch.stack(torch.meshgrid(g, g.flip(0), indexing="xy"), -1).reshape(-1, 2)
+    fig, ax = plt.subplots(figsize=(7, 7))
+    _show(ax, image_grid(decode_mean(zz), image_shape, n), "decoder mean over the latent plane")
+    save_figure(fig, path)
+
+
+def plot_khat(path, khat: torch.Tensor) -> None:
+    """Histogram of PSIS k-hat per datapoint with the 0.5 and 0.7 thresholds."""
+    k = khat.cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(k, bins=50, color="0.4")
+    for t, c in ((0.5, "tab:orange"), (0.7, "tab:red")):
+        ax.axvline(t, color=c, ls="--", label=f"k = {t}: {np.mean(k > t):.1%} above")
+    ax.set_xlabel("Pareto k-hat of the importance weights")
+    ax.set_ylabel("datapoints")
+    ax.legend()
+    save_figure(fig, path)

@@ -1,0 +1,88 @@
+import csv
+import json
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from pyrovae.cli import build_parser, main
+
+FAST = ["--train-size", "1500", "--heldout-size", "300", "--batch-size", "100", "--no-progress"]
+
+
+def _png_ok(path):
+    img = matplotlib.image.imread(path)
+    return img.shape[0] > 50 and img.shape[1] > 50 and img.std() > 0.01
+
+
+@pytest.fixture(scope="module")
+def run2d(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "r2"
+    args = ["train", "--epochs", "2", "--latent-dim", "2", "--hidden", "64", "--out", str(run), *FAST]
+    assert main(args) == 0
+    return run
+
+
+def test_train_writes_every_file(run2d):
+    for name in ("config.json", "metrics.csv", "checkpoint.pt"):
+        assert (run2d / name).stat().st_size > 0
+    for name in ("reconstructions.png", "samples.png", "curves.png", "latent.png", "manifold.png"):
+        assert _png_ok(run2d / name), name
+    config = json.loads((run2d / "config.json").read_text())
+    assert config["latent_dim"] == 2 and config["data_space"] == "binary-dynamic"
+    rows = list(csv.DictReader((run2d / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["heldout_elbo"]) < 0 for r in rows)
+    assert not list(run2d.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_latent_scatter_uses_a_projection_beyond_two_dims(tmp_path):
+    run = tmp_path / "r5"
+    assert main(["train", "--epochs", "1", "--latent-dim", "5", "--hidden", "32", "--out", str(run), *FAST]) == 0
+    assert _png_ok(run / "latent.png") and not (run / "manifold.png").exists()
+
+
+def test_resume_continues_and_refuses_to_overwrite(run2d, capsys):
+    assert main(["train", "--epochs", "1", "--out", str(run2d), *FAST]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run2d), "--epochs", "3", "--no-progress"]) == 0
+    rows = list(csv.DictReader((run2d / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_sample_command(run2d, tmp_path):
+    out = tmp_path / "s.png"
+    assert main(["sample", str(run2d), "--num", "16", "--out", str(out), "--save-tensor", str(tmp_path / "s.pt")]) == 0
+    assert _png_ok(out) and (tmp_path / "s.pt").exists()
+
+
+def test_missing_data_is_a_clear_error_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torchvision.datasets.mnist.download_and_extract_archive", _offline)
+    run = tmp_path / "run"
+    code = main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nothing"), "--out", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and "PYROVAE_DATA" in err and "Traceback" not in err
+    assert not run.exists()
+
+
+def _offline(*args, **kwargs):
+    import urllib.error
+
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def test_every_flag_has_help():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help"
+
+
+def test_console_script_help_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "pyrovae.cli", "train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--data-space" in out and "--objective" in out and "nats per datapoint" in out
