@@ -54,7 +54,7 @@ def cmd_evaluate(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.num_samples < 2:
-        raise CLIError("--num-samples must be at least 2")
+        raise CLIError("--num-samples must be at least 2 (standard errors and k-hat need two)")
     vae, config = load_vae(args.run)
     device = _device(args.device or config["device"])
     vae = vae.to(device)

@@ -45,6 +45,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's vectorised ELBOs use
+# PSIS fits the largest min(K/5, 3 sqrt(K)) weights; ArviZ 1.x needs at least 5 of them
+MIN_PSIS_SAMPLES = 25
 
 
 class ContractError(ValueError):
@@ -115,6 +117,44 @@ def _per_datapoint(log_prob: torch.Tensor, particle_dim: int, data_dim: int, nam
     return lp.reshape(lp.shape[width + particle_dim], lp.shape[width + data_dim])
 
 
+def _site_log_probs(model_trace, guide_trace, plate_name: str, num_rows: int):
+    """Yield ``(name, sign, site, data_dim)`` for every scored site, checking the contract."""
+    for role, trace, sign in (("model", model_trace, 1.0), ("guide", guide_trace, -1.0)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if not site["is_observed"]:
+                other, other_role = (guide_trace, "guide") if role == "model" else (model_trace, "model")
+                if name not in other:
+                    raise ContractError(
+                        f"latent site {name!r} is sampled in the {role} but not in the {other_role}; "
+                        "the guide must propose exactly the model's latent variables"
+                    )
+            yield name, sign, site, _check_site(site, role, plate_name, num_rows)
+
+
+def check_contract(model: Callable, guide: Callable, x: torch.Tensor, *args, plate_name: str = "data",
+                   **kwargs) -> int:
+    """Check the per-datapoint contract on one plain (unvectorised) run of the pair.
+
+    Raises :class:`ContractError` naming the offending site; returns ``max_plate_nesting``.
+    """
+    with poutine.block(), torch.no_grad():
+        try:
+            guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
+        except ValueError as err:  # Pyro's own shape checks, e.g. a plate/batch mismatch
+            raise ContractError(f"the model/guide pair fails a plain run on x: {err}") from None
+        max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
+        for name, _, site, _ in _site_log_probs(model_trace, guide_trace, plate_name, x.shape[0]):
+            if len(site["fn"].batch_shape) > max_plate_nesting:
+                raise ContractError(
+                    f"site {name!r} has batch shape {tuple(site['fn'].batch_shape)}, more dimensions "
+                    f"than its plates; declare the dependent dimensions with .to_event(...)"
+                )
+    return max_plate_nesting
+
+
 def log_importance_weights(
     model: Callable,
     guide: Callable,
@@ -129,31 +169,20 @@ def log_importance_weights(
 
     One vectorised trace: the guide runs once under a particle plate (so an amortised
     encoder sees ``x`` once), the model is replayed on it. Differentiable when the guide's
-    sites are reparameterised; see the module docstring for the contract.
+    sites are reparameterised; see the module docstring for the contract. Without
+    ``max_plate_nesting`` the contract is first checked on a plain run (:func:`check_contract`).
     """
     if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
+        max_plate_nesting = check_contract(model, guide, x, *args, plate_name=plate_name, **kwargs)
     particle_dim = -max_plate_nesting - 1
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
-        )
-    num_rows = x.shape[0]
-    log_w = x.new_zeros((num_particles, num_rows))
-    for role, trace, sign in (("model", model_trace, 1.0), ("guide", guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            if role == "model" and not site["is_observed"] and name not in guide_trace:
-                raise ContractError(
-                    f"latent site {name!r} is sampled in the model but not in the guide; "
-                    "the guide must propose every latent variable"
-                )
-            data_dim = _check_site(site, role, plate_name, num_rows)
-            lp = _per_datapoint(site["log_prob"], particle_dim, data_dim, name)
-            log_w = log_w + sign * lp
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    log_w = x.new_zeros((num_particles, x.shape[0]))
+    for name, sign, site, data_dim in _site_log_probs(model_trace, guide_trace, plate_name, x.shape[0]):
+        log_w = log_w + sign * _per_datapoint(site["log_prob"], particle_dim, data_dim, name)
     return log_w
 
 
@@ -190,7 +219,7 @@ class IWAE:
                         "(score-function gradients) or a relaxed distribution"
                     )
         if self.max_plate_nesting is None:
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
+            self.max_plate_nesting = check_contract(model, guide, *args, plate_name=self.plate_name, **kwargs)
         self._checked = True
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
@@ -216,19 +245,41 @@ class IWAE:
 # log p(x) with error bars
 
 
-def _psislw(log_weights: np.ndarray) -> np.ndarray:
-    """Pareto k-hat per row of ``log_weights`` (samples on the last axis), ArviZ 0.x or 1.x."""
-    try:
-        from arviz_stats.base import array_stats  # ArviZ >= 1.0
+def psis_khat(log_weights: np.ndarray, backend: str | None = None) -> np.ndarray:
+    r"""Pareto :math:`\hat k` per row of ``log_weights`` (samples on the last axis), via ArviZ.
 
-        _, khat = array_stats.psislw(log_weights, r_eff=1, axis=-1)
-    except ImportError:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import arviz as az
+    ``backend``: ``"arviz_stats"`` (ArviZ 1.x, ``arviz_stats.base.array_stats.psislw``),
+    ``"arviz"`` (ArviZ 0.x, ``az.psislw``) or ``None`` for the first one installed. The 1.x
+    array function takes *log-likelihood* values, as in PSIS-LOO where the importance
+    log-weights are :math:`-\log p(y_i \mid \theta)`, so it is given ``-log_weights``.
+    Rows whose weights are all equal (a perfect proposal) get :math:`\hat k = -\infty`.
+    """
+    lw = np.ascontiguousarray(log_weights, dtype=np.float64)
+    flat = lw.reshape(-1, lw.shape[-1])
+    # Equal weights (a perfect proposal) have no tail to fit: k-hat is -inf.
+    spread = flat.max(-1) - flat.min(-1) > 1e-9 * np.maximum(1.0, np.abs(flat).max(-1))
+    khat = np.full(len(flat), -np.inf)
+    if spread.any():
+        khat[spread] = _psis_khat(flat[spread], backend)
+    return khat.reshape(lw.shape[:-1])
 
-            _, khat = az.psislw(log_weights, reff=1.0)
-    return np.asarray(khat, dtype=np.float64).reshape(log_weights.shape[:-1])
+
+def _psis_khat(lw: np.ndarray, backend: str | None) -> np.ndarray:
+    if backend in (None, "arviz_stats"):
+        try:
+            from arviz_stats.base import array_stats
+        except ImportError:
+            if backend is not None:
+                raise
+        else:
+            _, khat = array_stats.psislw(-lw, r_eff=1, axis=-1)
+            return np.asarray(khat, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ 0.x announces its refactor on import
+        import arviz as az
+
+        _, khat = az.psislw(lw.copy(), reff=1.0)
+    return np.asarray(khat, dtype=np.float64)
 
 
 @dataclass
@@ -238,10 +289,12 @@ class MarginalLikelihood:
     * ``log_px`` -- :math:`\log \hat p(x_i) = \operatorname{logmeanexp}_k \log w_{ik}`
     * ``stderr`` -- delta-method Monte Carlo standard error of ``log_px``:
       :math:`\sqrt{(\overline{w^2}/\bar w^2 - 1)/(K - 1)}`
+      (NaN for :math:`K = 1`)
     * ``ess`` -- effective sample size :math:`(\sum_k w_{ik})^2 / \sum_k w_{ik}^2`
     * ``elbo`` -- :math:`\frac1K \sum_k \log w_{ik}`, the ELBO estimated from the same samples
     * ``khat`` -- Pareto :math:`\hat k` of the weights (PSIS, Vehtari et al. 2024); above 0.7
-      the weights' variance is probably infinite and ``stderr`` cannot be trusted.
+      the weights' variance is probably infinite and ``stderr`` cannot be trusted (NaN for
+      :math:`K < 25`, too few samples to fit a tail).
     """
 
     log_px: torch.Tensor
@@ -322,12 +375,12 @@ def log_marginal_likelihood(
     :returns: :class:`MarginalLikelihood` with ``log_px``, ``stderr``, ``ess``, ``khat``
         (float64, on the CPU).
     """
-    if num_samples < 2:
-        raise ValueError("num_samples must be at least 2 (the standard error needs two)")
+    if num_samples < 1:
+        raise ValueError("num_samples must be at least 1")
     num_rows = x.shape[0]
     rows, particles = _chunk_sizes(num_rows, num_samples, chunk_size or 2**16)
     if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, x[:rows], *args, **kwargs)
+        max_plate_nesting = check_contract(model, guide, x[:rows], *args, plate_name=plate_name, **kwargs)
     out = {k: [] for k in ("log_px", "stderr", "ess", "khat", "elbo")}
     show = progress if progress is not None else num_rows * num_samples >= 5_000_000
     from tqdm.auto import tqdm
@@ -357,8 +410,11 @@ def log_marginal_likelihood(
             out["ess"].append(ess)
             out["elbo"].append(lw.mean(0))
             # delta method: Var(log p^) ~ Var(w) / (K mean(w)^2) = (K/ESS - 1) / (K - 1)
-            out["stderr"].append(((num_samples / ess - 1).clamp_min(0) / (num_samples - 1)).sqrt())
-            out["khat"].append(torch.from_numpy(_psislw(lw.T.numpy())))
+            nan = torch.full_like(ess, float("nan"))
+            se = ((num_samples / ess - 1).clamp_min(0) / (num_samples - 1)).sqrt() if num_samples > 1 else nan
+            khat = torch.from_numpy(psis_khat(lw.T.numpy())) if num_samples >= MIN_PSIS_SAMPLES else nan
+            out["stderr"].append(se)
+            out["khat"].append(khat)
             bar.update(len(xb))
     bar.close()
     res = MarginalLikelihood(**{k: torch.cat(v) for k, v in out.items()}, num_samples=num_samples)

@@ -86,3 +86,17 @@ def test_console_script_help_runs():
         [sys.executable, "-m", "pyrovae.cli", "train", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--data-space" in out and "--objective" in out and "nats per datapoint" in out
+
+
+def test_readme_example_runs():
+    """The README's Python example, shortened to 2 epochs and 50 samples."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    code = code.replace("epochs=10", "epochs=2").replace("num_samples=1000", "num_samples=50")
+    code = code.replace("print(res.summary())", "summary = res.summary()")
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["summary"]["num_datapoints"] == 1000 and scope["summary"]["mean_log_px"] < 0
