@@ -220,7 +220,10 @@ def main():
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results, "profile": profiles}, indent=2))
-    prof_lines = ["| batch | variant | ms/step (profiled) | in aten ops | outside ops |", "| ---: | --- | ---: | ---: | ---: |"]
+    prof_lines = [
+        "| batch | variant | ms/step (profiled) | in aten ops | outside ops |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
     for b, res in profiles.items():
         for name, r in res.items():
             outside = r["wall_ms_under_profiler"] - r["aten_ms"]

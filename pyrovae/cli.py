@@ -98,6 +98,10 @@ def _add_train_parser(sub) -> None:
     )
     o.add_argument("--particles", type=int, default=1, help="samples per datapoint (vectorised)")
     o.add_argument("--epochs", type=int, default=20, help="total epochs (also when resuming)")
+    o.add_argument(
+        "--max-minutes", type=float, default=None,
+        help="stop at the first epoch end after this much training time (resume later with --resume)",
+    )
     o.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     o.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     o.add_argument("--lr-decay", type=float, default=1.0, help="multiply the learning rate by this after every epoch")
@@ -281,6 +285,7 @@ def cmd_train(args) -> None:
         trainer.fit(
             train, heldout, epochs=config["epochs"], batch_size=config["batch_size"],
             seed=config["seed"], device=device, progress=args.progress, callback=save,
+            max_seconds=args.max_minutes * 60 if args.max_minutes else None,
         )
     except TrainingError as err:
         raise CLIError(str(err)) from None

@@ -179,8 +179,28 @@ def _torchvision_root(root: Path, folder: str) -> Path:
     for a in archives:
         link = mirror / folder / "raw" / a.name
         if not link.exists():
-            link.symlink_to(a.resolve())
+            with contextlib.suppress(FileExistsError):  # another process made it first
+                link.symlink_to(a.resolve())
     return mirror
+
+
+@contextlib.contextmanager
+def _unpack_lock(root: Path):
+    """Serialise torchvision's unpacking between processes (e.g. runs started together),
+    which otherwise read each other's half-written files."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as torchvision itself
+        yield
+        return
+    lock_dir = root if os.access(root, os.W_OK) else _cache_dir()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".pyrovae-unpack.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_dataset(
@@ -209,8 +229,10 @@ def load_dataset(
     cls = getattr(torchvision.datasets, folder)
     try:
         # torchvision prints each failed mirror; the error below says all that matters.
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            ds = cls(str(_torchvision_root(root, folder)), train=split == "train", download=download)
+        tv_root = _torchvision_root(root, folder)
+        with _unpack_lock(tv_root), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            ds = cls(str(tv_root), train=split == "train", download=download)
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError here
         needed = ", ".join(_FILES[split])
         raise DataError(

@@ -112,10 +112,10 @@ class _JitLoss:
 
     def _agrees(self, graph, tensors) -> bool:
         with torch.random.fork_rng(devices=_devices(tensors[0])), torch.no_grad():
-            state = torch.get_rng_state()
+            state = _rng_state(tensors[0])
             with poutine.block():
                 eager = self.fn(*tensors)
-            torch.set_rng_state(state)
+            _set_rng_state(tensors[0], state)
             compiled = graph(*self.params, *tensors)
         if torch.allclose(eager, compiled, rtol=1e-4, atol=1e-3):
             return True
@@ -260,8 +260,10 @@ class Trainer:
         progress: bool = True,
         verbose: bool = True,
         callback: Callable[[Trainer, dict[str, float]], None] | None = None,
+        max_seconds: float | None = None,
     ) -> list[dict[str, float]]:
-        """Train until ``self.epoch == epochs`` (continues a resumed trainer).
+        """Train until ``self.epoch == epochs`` (continues a resumed trainer), or until the
+        first epoch end after ``max_seconds`` of wall time, for fixed compute budgets.
 
         ``data`` is a tensor of observations or an :class:`~pyrovae.data.ImageData`, whose
         random data spaces (dynamic binarisation, dequantisation) are redrawn every epoch
@@ -282,7 +284,10 @@ class Trainer:
             pyro.set_rng_seed(seed)
         from tqdm.auto import tqdm
 
+        began = time.perf_counter()
         for epoch in range(start_epoch, epochs + 1):
+            if max_seconds is not None and time.perf_counter() - began >= max_seconds:
+                break
             x = first if epoch == start_epoch else _observe(data, _epoch_generator(seed, epoch), device)
             order_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
             steps = math.ceil(x.shape[0] / batch_size)
@@ -353,6 +358,7 @@ class Trainer:
             "epoch": self.epoch,
             "history": [dict(r) for r in self.history],
             "rng": torch.get_rng_state(),
+            "rng_device": _rng_state(self.params[0]) if self.params[0].is_cuda else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], x: torch.Tensor) -> None:
@@ -368,7 +374,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.history = [dict(r) for r in state["history"]]
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())  # a checkpoint mapped to a GPU moves it
+        if state.get("rng_device") is not None and self.params[0].is_cuda:
+            _set_rng_state(self.params[0], state["rng_device"].cpu())
 
 
 def train(
@@ -412,6 +420,18 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def _devices(x: torch.Tensor) -> list[int]:
     return [x.device.index or 0] if x.is_cuda else []
+
+
+def _rng_state(x: torch.Tensor) -> torch.Tensor:
+    """The state of the generator that draws ``x``'s device's random numbers."""
+    return torch.cuda.get_rng_state(x.device) if x.is_cuda else torch.get_rng_state()
+
+
+def _set_rng_state(x: torch.Tensor, state: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.set_rng_state(state, x.device)
+    else:
+        torch.set_rng_state(state)
 
 
 def _format_record(r: dict[str, float], objective: str) -> str:
