@@ -12,11 +12,13 @@ from .infer import Trainer, TrainingError, train
 from .likelihoods import Likelihood, make_likelihood
 from .models import VAE
 from .priors import Prior, make_prior
+from .scoring import ComparisonError, compare
 
 __version__ = "0.1.0"
 __all__ = [
     "IWAE",
     "VAE",
+    "ComparisonError",
     "ContractError",
     "DataError",
     "ImageData",
@@ -25,6 +27,7 @@ __all__ = [
     "Prior",
     "Trainer",
     "TrainingError",
+    "compare",
     "from_tensor",
     "load_dataset",
     "load_embedded_mnist",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,33 @@ def _int_list(text: str) -> list[int]:
         return [int(t) for t in text.split(",") if t]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as a number when it is one."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key.replace("-", "_"), cast(value)
+        except ValueError:
+            pass
+    return key.replace("-", "_"), value
+
+
+def _options_help(registry: dict[str, type], skip: tuple[str, ...] = ()) -> str:
+    """'name: key=default, ...' for each class in a registry, from its constructor."""
+    parts = []
+    for name, cls in sorted(registry.items()):
+        params = [
+            f"{p.name}={p.default}"
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name not in ("self", *skip) and p.default is not inspect.Parameter.empty
+        ]
+        if params:
+            parts.append(f"{name}: {', '.join(params)}")
+    return "options (default): " + "; ".join(parts) if parts else "no options"
 
 
 def _add_train_parser(sub) -> None:
@@ -89,7 +117,15 @@ def _add_train_parser(sub) -> None:
     )
     m.add_argument("--arch", default="mlp", choices=["mlp", "conv"], help="network family")
     m.add_argument("--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS), help="p(x|z)")
+    m.add_argument(
+        "--likelihood-opt", action="append", default=[], metavar="KEY=VALUE", type=_option,
+        help="an option of the likelihood, repeatable; " + _options_help(LIKELIHOODS),
+    )
     m.add_argument("--prior", default="normal", choices=sorted(PRIORS), help="p(z)")
+    m.add_argument(
+        "--prior-opt", action="append", default=[], metavar="KEY=VALUE", type=_option,
+        help="an option of the prior, repeatable; " + _options_help(PRIORS, skip=("latent_dim",)),
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument(
         "--objective", default="elbo", choices=OBJECTIVES,
@@ -184,8 +220,25 @@ def _describe(train: ImageData, heldout: ImageData) -> str:
 
 def _new_config(args) -> dict[str, Any]:
     from .likelihoods import make_likelihood
+    from .priors import make_prior
 
-    likelihood = make_likelihood(args.likelihood)
+    likelihood_options = dict(args.likelihood_opt)
+    if args.likelihood == "categorical":  # its levels are the data's levels
+        likelihood_options.setdefault("levels", args.levels)
+    try:
+        likelihood = make_likelihood(args.likelihood, **likelihood_options)
+        prior_options = dict(args.prior_opt)
+        space = args.data_space or likelihood.data_space
+        if args.prior == "vamp" and space in ("levels", "counts"):  # pseudo-inputs live where data do
+            prior_options.setdefault("input_range", (0.0, float(args.levels - 1 if space == "levels" else 255)))
+        prior = make_prior(args.prior, args.latent_dim, **prior_options)
+    except (TypeError, ValueError) as err:
+        raise CLIError(f"--likelihood/--prior options: {err}") from None
+    if args.objective == "meanfield" and not prior.closed_form_kl:
+        raise CLIError(
+            f"--objective meanfield needs KL(q || p) in closed form, which Pyro has not for the "
+            f"{args.prior!r} prior; use --objective elbo (Monte Carlo KL) or iwae"
+        )
     return {
         "pyrovae_version": __version__,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -202,7 +255,9 @@ def _new_config(args) -> dict[str, Any]:
         "activation": args.activation,
         "arch": args.arch,
         "likelihood": args.likelihood,
+        "likelihood_options": likelihood_options,
         "prior": args.prior,
+        "prior_options": prior_options,
         "objective": args.objective,
         "particles": args.particles,
         "epochs": args.epochs,
@@ -305,16 +360,19 @@ def write_pictures(run: Path, vae, history, heldout: ImageData, config: dict) ->
     shape = config["image_shape"]
     device = next(vae.parameters()).device
     x = heldout.observations(torch.Generator().manual_seed(config["seed"] + 7919), device=device)
+    picture = vae.likelihood.to_picture  # data units (levels, counts) -> [0, 1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["seed"])
-        plots.plot_reconstructions(run / "reconstructions.png", x[:64], vae.reconstruct(x[:64]), shape)
-        plots.plot_samples(run / "samples.png", vae.generate(64), shape, "E[x | z], z ~ p(z)")
+        plots.plot_reconstructions(
+            run / "reconstructions.png", picture(x[:64]), picture(vae.reconstruct(x[:64])), shape
+        )
+        plots.plot_samples(run / "samples.png", picture(vae.generate(64)), shape, "E[x | z], z ~ p(z)")
     plots.plot_curves(run / "curves.png", history, config["objective"])
     n = min(len(x), 5000)
     labels = heldout.labels[:n] if heldout.labels is not None else None
     plots.plot_latent(run / "latent.png", vae.encode(x[:n])[0], labels)
     if config["latent_dim"] == 2:
-        plots.plot_manifold(run / "manifold.png", vae.decode_mean, shape)
+        plots.plot_manifold(run / "manifold.png", lambda z: picture(vae.decode_mean(z)), shape)
 
 
 # ------------------------------------------------------------------------------ sample
@@ -327,7 +385,9 @@ def cmd_sample(args) -> None:
     torch.manual_seed(args.seed)
     images = vae.generate(args.num)
     out = Path(args.out) if args.out else Path(args.run) / f"samples-seed{args.seed}.png"
-    plots.plot_samples(out, images, config["image_shape"], f"{args.num} samples, seed {args.seed}")
+    plots.plot_samples(
+        out, vae.likelihood.to_picture(images), config["image_shape"], f"{args.num} samples, seed {args.seed}"
+    )
     if args.save_tensor:
         from .runs import atomic_write
 

@@ -3,13 +3,14 @@
 Images are loaded once through torchvision's dataset classes into a ``uint8`` tensor of
 shape ``(N, D)`` and turned into observations for a likelihood by a *data space*:
 
-==================  ==========================================================================
-``binary-dynamic``  a fresh draw ``x ~ Bernoulli(k / 255)`` every epoch (Burda et al. 2015)
-``binary-threshold`` ``x = 1[k / 255 > 0.5]``, the same every epoch
-``grey``            ``x = k / 255`` in ``[0, 1]``
-``dequantized``     ``x = (k + u) / 256`` with a fresh ``u ~ U(0, 1)`` every epoch
-``levels``          ``x = floor(k * L / 256)`` in ``{0, ..., L-1}`` (``L = levels``)
-==================  ==========================================================================
+====================  =============================================================================
+``binary-dynamic``    a fresh draw ``x ~ Bernoulli(k / 255)`` every epoch (Burda et al. 2015)
+``binary-threshold``  ``x = 1[k / 255 > 0.5]``, the same every epoch
+``grey``              ``x = k / 255`` in ``[0, 1]``
+``dequantized``       ``x = (k + u) / 256`` with a fresh ``u ~ U(0, 1)`` every epoch, in ``(0, 1)``
+``levels``            ``x = floor(k * L / 256)`` in ``{0, ..., L-1}`` (``L = levels``)
+``counts``            ``x = k``, the 8-bit values as counts (Poisson/multinomial likelihoods)
+====================  =============================================================================
 
 Where the files come from: ``--data-dir``, else the ``PYROVAE_DATA`` environment variable,
 else a user cache folder. torchvision downloads missing files when online. The package also
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 DATA_ENV = "PYROVAE_DATA"
-DATA_SPACES = ("binary-dynamic", "binary-threshold", "grey", "dequantized", "levels")
+DATA_SPACES = ("binary-dynamic", "binary-threshold", "grey", "dequantized", "levels", "counts")
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -117,7 +118,11 @@ class ImageData:
             return k / 255
         if self.space == "dequantized":
             u = torch.rand(k.shape, generator=generator, device=gen_device, dtype=dtype)
-            return (k + u.to(k.device)) / 256
+            # kept strictly inside (0, 1): (255 + u)/256 rounds to 1.0 in float32 for u near 1
+            half_ulp = torch.finfo(dtype).eps / 2
+            return ((k + u.to(k.device)) / 256).clamp_(half_ulp, 1 - half_ulp)
+        if self.space == "counts":
+            return k
         return torch.div(k.long() * self.levels, 256, rounding_mode="floor").to(dtype)
 
 

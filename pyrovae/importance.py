@@ -42,11 +42,13 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
 PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's vectorised ELBOs use
 # PSIS fits the largest min(K/5, 3 sqrt(K)) weights; ArviZ 1.x needs at least 5 of them
 MIN_PSIS_SAMPLES = 25
+DEFAULT_CHUNK_SIZE = 2**12
 
 
 class ContractError(ValueError):
@@ -260,7 +262,10 @@ def psis_khat(log_weights: np.ndarray, backend: str | None = None) -> np.ndarray
     spread = flat.max(-1) - flat.min(-1) > 1e-9 * np.maximum(1.0, np.abs(flat).max(-1))
     khat = np.full(len(flat), -np.inf)
     if spread.any():
-        khat[spread] = _psis_khat(flat[spread], backend)
+        # weights with a few distinct values (e.g. from a discrete latent) make the tail fit
+        # divide by zero inside ArviZ; its k-hat is still defined, the warnings are noise
+        with np.errstate(divide="ignore", invalid="ignore"):
+            khat[spread] = _psis_khat(flat[spread], backend)
     return khat.reshape(lw.shape[:-1])
 
 
@@ -369,7 +374,8 @@ def log_marginal_likelihood(
     :param model, guide: any Pyro pair that follows the contract in this module's docstring.
     :param x: data, one row per datapoint; split into chunks along dim 0.
     :param chunk_size: most (particle, datapoint) pairs evaluated in one trace; bounds memory.
-        Default ``2**16``, about 0.7 GB for an MNIST MLP VAE.
+        Default ``2**12``: a pass's tensors then stay in the CPU's caches, which was the
+        fastest on our benchmark (docs/benchmarks.md); raise it on a GPU.
     :param progress: show a progress bar (default: when the work is large).
     :param khat_warn_share: warn when more than this share of datapoints has :math:`\hat k > 0.7`.
     :returns: :class:`MarginalLikelihood` with ``log_px``, ``stderr``, ``ess``, ``khat``
@@ -378,7 +384,7 @@ def log_marginal_likelihood(
     if num_samples < 1:
         raise ValueError("num_samples must be at least 1")
     num_rows = x.shape[0]
-    rows, particles = _chunk_sizes(num_rows, num_samples, chunk_size or 2**16)
+    rows, particles = _chunk_sizes(num_rows, num_samples, chunk_size or DEFAULT_CHUNK_SIZE)
     if max_plate_nesting is None:
         max_plate_nesting = check_contract(model, guide, x[:rows], *args, plate_name=plate_name, **kwargs)
     out = {k: [] for k in ("log_px", "stderr", "ess", "khat", "elbo")}
@@ -388,19 +394,23 @@ def log_marginal_likelihood(
     bar = tqdm(total=num_rows, disable=not show, desc=f"log p(x), K={num_samples}", unit="x")
     with torch.no_grad(), poutine.block():
         for start in range(0, num_rows, rows):
+            # Pyro's distribution checks (e.g. that observations are in the support) ran on
+            # the first chunk; on every chunk they would cost ~10% of the time.
+            validate = start == 0 and is_validation_enabled()
             xb = x[start : start + rows]
             chunks = []
             for k in range(0, num_samples, particles):
-                lw = log_importance_weights(
-                    model,
-                    guide,
-                    xb,
-                    *args,
-                    num_particles=min(particles, num_samples - k),
-                    plate_name=plate_name,
-                    max_plate_nesting=max_plate_nesting,
-                    **kwargs,
-                )
+                with pyro.validation_enabled(validate and k == 0):
+                    lw = log_importance_weights(
+                        model,
+                        guide,
+                        xb,
+                        *args,
+                        num_particles=min(particles, num_samples - k),
+                        plate_name=plate_name,
+                        max_plate_nesting=max_plate_nesting,
+                        **kwargs,
+                    )
                 chunks.append(lw.double().cpu())
             lw = torch.cat(chunks, 0)  # (K, rows), float64
             lse = torch.logsumexp(lw, 0)
@@ -417,7 +427,10 @@ def log_marginal_likelihood(
             out["khat"].append(khat)
             bar.update(len(xb))
     bar.close()
-    res = MarginalLikelihood(**{k: torch.cat(v) for k, v in out.items()}, num_samples=num_samples)
+    res = MarginalLikelihood(
+        **{k: torch.cat(v) for k, v in out.items()}, num_samples=num_samples,
+        extras={"data_dim": x[0].numel()},
+    )
     share = (res.khat > 0.7).double().mean().item()
     if share > khat_warn_share:
         warnings.warn(

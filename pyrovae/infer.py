@@ -90,7 +90,17 @@ class _JitLoss:
             self.checks[key] += 1
             if not self._agrees(graph, tensors):
                 self.failed = True
-        return self.fn(*tensors) if graph is None or self.failed else graph(*self.params, *tensors)
+        if graph is None or self.failed:
+            return self.fn(*tensors)
+        try:
+            return graph(*self.params, *tensors)
+        except RuntimeError as err:  # e.g. a shape the trace froze: stay eager from now on
+            self._give_up(f"the jit-traced loss failed ({err}). Training without jit.")
+            return self.fn(*tensors)
+
+    def _give_up(self, message: str) -> None:
+        warnings.warn(message, stacklevel=5)
+        self.failed = True
 
     def _trace(self, tensors) -> Callable | None:
         n = len(self.params)
@@ -116,7 +126,11 @@ class _JitLoss:
             with poutine.block():
                 eager = self.fn(*tensors)
             _set_rng_state(tensors[0], state)
-            compiled = graph(*self.params, *tensors)
+            try:
+                compiled = graph(*self.params, *tensors)
+            except RuntimeError as err:
+                self._give_up(f"the jit-traced loss failed ({err}). Training without jit.")
+                return False
         if torch.allclose(eager, compiled, rtol=1e-4, atol=1e-3):
             return True
         warnings.warn(

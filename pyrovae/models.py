@@ -76,7 +76,7 @@ class VAE(nn.Module):
         else:
             raise ValueError(f"arch must be 'mlp' or 'conv', not {arch!r}")
         if hasattr(self.prior, "attach_encoder"):  # the VampPrior reuses q's encoder
-            self.prior.attach_encoder(self.encoder)
+            self.prior.attach_encoder(self.encoder, data_dim)
 
     def model(self, x: torch.Tensor) -> None:
         """p(z) p(x|z) for the rows of ``x``."""

@@ -125,3 +125,23 @@ def plot_khat(path, khat: torch.Tensor) -> None:
     ax.set_ylabel("datapoints")
     ax.legend()
     save_figure(fig, path)
+
+
+def plot_compare(path, table: list[dict]) -> None:
+    """Mean test log p(x) per run (best on top) with ±2 s.e., and each run's difference to the
+    best with ±2 *paired* s.e., in the style of ArviZ's ``plot_compare``."""
+    names = [r["run"] for r in table][::-1]
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    means = np.array([r["nats_per_image"] for r in table][::-1])
+    ax.errorbar(means, y, xerr=2 * np.array([r["se"] for r in table][::-1]), fmt="o", color="k",
+                mfc="white", capsize=3, label="log p(x) ± 2 s.e.")
+    best = table[0]["nats_per_image"]
+    diffs = best + np.array([r["diff"] for r in table][::-1])
+    ax.errorbar(diffs[:-1], y[:-1] - 0.2, xerr=2 * np.array([r["diff_se"] for r in table][::-1])[:-1],
+                fmt="^", color="tab:blue", capsize=3, label="best + Δ ± 2 paired s.e.")
+    ax.axvline(best, color="0.6", ls="--", lw=1)
+    ax.set_yticks(y, names)
+    ax.set_xlabel(f"test log p(x), nats per image ({table[0]['scale']} scale, K = {table[0]['num_samples']})")
+    ax.legend(loc="lower left", fontsize=8)
+    save_figure(fig, path)

@@ -100,3 +100,35 @@ def test_readme_example_runs():
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["summary"]["num_datapoints"] == 1000 and scope["summary"]["mean_log_px"] < 0
+
+
+def test_evaluate_writes_summary_csv_and_khat_picture(run2d, capsys):
+    assert main(["evaluate", str(run2d), "--num-samples", "50", "--max-datapoints", "100", "--no-progress"]) == 0
+    summary = json.loads((run2d / "evaluation-K50.json").read_text())
+    rows = list(csv.DictReader((run2d / "evaluation-K50.csv").open()))
+    assert len(rows) == summary["num_datapoints"] == 100
+    assert summary["scale"] == "binary-dynamic" and summary["mean_log_px"] < 0
+    mean = sum(float(r["log_px"]) for r in rows) / len(rows)
+    assert abs(mean - summary["mean_log_px"]) < 1e-3
+    assert summary["mean_elbo"] <= summary["mean_log_px"]  # Jensen, on the same samples
+    assert _png_ok(run2d / "khat-K50.png")
+    assert "bits/dim" in capsys.readouterr().out
+
+
+def test_compare_ranks_runs_and_refuses_other_data_spaces(run2d, tmp_path, capsys):
+    other = tmp_path / "other"
+    space = tmp_path / "grey"
+    common = ["--epochs", "1", "--latent-dim", "2", "--hidden", "64", *FAST]
+    assert main(["train", *common, "--prior", "mog", "--prior-opt", "components=3", "--out", str(other)]) == 0
+    gaussian = ["--likelihood", "gaussian", "--likelihood-opt", "sigma=0.2"]
+    assert main(["train", *common, *gaussian, "--out", str(space)]) == 0
+    for run in (run2d, other, space):
+        assert main(["evaluate", str(run), "--num-samples", "50", "--max-datapoints", "100", "--no-progress"]) == 0
+    png = tmp_path / "cmp.png"
+    capsys.readouterr()
+    assert main(["compare", str(run2d), str(other), "--png", str(png), "--markdown", str(tmp_path / "t.md")]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 |" in out and "| 2 |" in out and "binary-dynamic" in out and _png_ok(png)
+    assert main(["compare", str(run2d), str(space), "--png", str(tmp_path / "no.png")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be ranked" in err and "Traceback" not in err and not (tmp_path / "no.png").exists()

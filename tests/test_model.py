@@ -32,16 +32,23 @@ def test_model_and_guide_shapes(arch):
     assert {f"vae.{n}" for n, _ in vae.named_parameters()} == {n.replace("$$$", ".") for n in names}
 
 
-def test_fused_bernoulli_equals_pyro_bernoulli():
-    logits = torch.randn(3, 4, 784) * 3
-    x = torch.bernoulli(torch.full((4, 784), 0.4))
-    ours = IndependentBernoulli(logits).log_prob(x)
+@pytest.mark.parametrize("data_dim", [784, 7, 1])  # groups of 56, a prime, a single pixel
+def test_fast_bernoulli_equals_pyro_bernoulli(data_dim):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, data_dim, dtype=torch.float64) * 10
+    logits[0, 0, 0], logits[0, 1, -1] = 200.0, -200.0  # far tails: no under/overflow
+    x = torch.bernoulli(torch.full((4, data_dim), 0.4, dtype=torch.float64))
+    ours = IndependentBernoulli(logits.float()).log_prob(x.float())
     ref = dist.Bernoulli(logits=logits).to_event(1).log_prob(x)
     assert ours.shape == (3, 4)
-    assert torch.allclose(ours, ref, rtol=1e-6, atol=1e-4)
-    expanded = IndependentBernoulli(logits[0]).expand((3, 4))
-    assert torch.allclose(expanded.log_prob(x), ref[0].expand(3, 4), atol=1e-4)
-    assert expanded.sample().shape == (3, 4, 784)
+    assert torch.allclose(ours.double(), ref, rtol=1e-5, atol=1e-3)
+    expanded = IndependentBernoulli(logits[0].float()).expand((3, 4))
+    assert torch.allclose(expanded.log_prob(x.float()).double(), ref[0].expand(3, 4), rtol=1e-5, atol=1e-3)
+    assert expanded.sample().shape == (3, 4, data_dim)
+    # the gradient is the Bernoulli score x - sigmoid(l), as for the fused BCE
+    leaf = logits.float().requires_grad_()
+    IndependentBernoulli(leaf).log_prob(x.float()).sum().backward()
+    assert torch.allclose(leaf.grad.double(), x - torch.sigmoid(logits), atol=1e-5)
 
 
 def test_closed_form_kl_matches_monte_carlo():

@@ -1,0 +1,151 @@
+"""Speed of ``log_marginal_likelihood`` at K = 5000 against the machine's matmul throughput.
+
+Model: the IWAE paper's MNIST architecture (q: 784-200-200->50, p: 50-200-200->784, tanh,
+Bernoulli likelihood), untrained weights (seed 0; the work does not depend on the values),
+evaluated on embedded MNIST digits binarised once (seed 0). Per (sample, image) pair the
+decoder costs 2 (50·200 + 200·200 + 200·784) = 413,600 multiply-adds ×2 FLOPs; the encoder
+runs once per image and particle chunk. "Achieved GFLOP/s" counts these matmul FLOPs only and
+is compared with float32 matmul throughput measured in the same process, in the same rounds:
+the better of a decoder-shaped product ([4096, 200] x [200, 784]) and a square 2048 one.
+
+Variants, alternated round by round (median over rounds): the Bernoulli log-probability as
+one ``binary_cross_entropy_with_logits`` (what pyrovae used before) and the library's
+current one, each at several chunk sizes (most (sample, image) pairs per pass).
+
+    python benchmarks/eval_speed.py --threads 1     # writes JSON + the table in docs/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+from train_speed import write_section
+
+import pyrovae
+from pyrovae.likelihoods import IndependentBernoulli
+
+ROOT = Path(__file__).resolve().parents[1]
+DECODER_FLOPS = 2 * (50 * 200 + 200 * 200 + 200 * 784)
+ENCODER_FLOPS = 2 * (784 * 200 + 200 * 200 + 200 * 100)
+
+
+def bce_log_prob(self, value):
+    logits, value = torch.broadcast_tensors(self.logits, value)
+    return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+
+LOG_PROBS = {"fused BCE (before)": bce_log_prob, "library": IndependentBernoulli.log_prob}
+
+
+def matmul_gflops(repeats: int = 5) -> float:
+    shapes = [((4096, 200), (200, 784)), ((2048, 2048), (2048, 2048))]
+    best = 0.0
+    for (m, k), (_, n) in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        best = max(best, 2 * m * k * n / statistics.median(times) / 1e9)
+    return best
+
+
+def useful_flops(num_images: int, num_samples: int, chunk_size: int) -> float:
+    from pyrovae.importance import _chunk_sizes
+
+    rows, particles = _chunk_sizes(num_images, num_samples, chunk_size)
+    particle_chunks = -(-num_samples // particles)
+    return num_images * (num_samples * DECODER_FLOPS + particle_chunks * ENCODER_FLOPS)
+
+
+def time_eval(vae, x, num_samples, chunk_size, log_prob) -> float:
+    IndependentBernoulli.log_prob = log_prob
+    pyro.set_rng_seed(0)
+    start = time.perf_counter()
+    pyrovae.log_marginal_likelihood(
+        vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size, progress=False,
+        khat_warn_share=1.0,
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=100, help="images per timed run (scaled to 1,000)")
+    p.add_argument("--num-samples", type=int, default=5000)
+    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[2**12, 2**14, 2**16])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
+    p.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    vae = pyrovae.VAE(latent_dim=50, hidden=(200, 200), activation="tanh")
+    x = pyrovae.load_embedded_mnist().observations(torch.Generator().manual_seed(0))[: args.images]
+    library = IndependentBernoulli.log_prob
+    variants = [(name, c) for name in LOG_PROBS for c in args.chunk_sizes]
+    times = {v: [] for v in variants}
+    peaks = []
+    time_eval(vae, x[:2], 200, args.chunk_sizes[0], library)  # warm-up
+    for r in range(args.rounds):
+        peaks.append(matmul_gflops())
+        for name, chunk in variants:
+            times[(name, chunk)].append(time_eval(vae, x, args.num_samples, chunk, LOG_PROBS[name]))
+            print(f"round {r}: {name}, chunk {chunk}: {times[(name, chunk)][-1]:.2f} s", flush=True)
+    IndependentBernoulli.log_prob = library
+    peak = statistics.median(peaks)
+    results = []
+    for (name, chunk), t in times.items():
+        sec = statistics.median(t)
+        gflops = useful_flops(args.images, args.num_samples, chunk) / sec / 1e9
+        results.append({
+            "log_prob": name, "chunk_size": chunk, "seconds_per_run": t,
+            "seconds_per_1000_images": sec * 1000 / args.images,
+            "gflops": gflops, "share_of_matmul": gflops / peak,
+        })
+    meta = {
+        "machine": platform.processor() or platform.machine(), "threads": args.threads,
+        "torch": torch.__version__, "pyro": pyro.__version__, "images": args.images,
+        "num_samples": args.num_samples, "rounds": args.rounds, "matmul_gflops": peak,
+        "matmul_gflops_per_round": peaks,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "command": f"python benchmarks/eval_speed.py --threads {args.threads} --images {args.images}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    lines = [
+        "| Bernoulli log-prob | chunk size | s per 1,000 images | GFLOP/s | share of matmul |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['log_prob']} | {r['chunk_size']} | {r['seconds_per_1000_images']:.1f} | "
+            f"{r['gflops']:.1f} | {r['share_of_matmul']:.0%} |"
+        )
+    body = (
+        f"Measured {meta['date']} on this CPU, {args.threads} torch thread(s), torch {meta['torch']}; "
+        f"K = {args.num_samples} importance samples for each of {args.images} embedded MNIST digits "
+        f"(scaled to 1,000), IWAE architecture, untrained weights; {args.rounds} alternating rounds, "
+        f"median. float32 matmul throughput in the same rounds: {peak:.1f} GFLOP/s. Peak resident "
+        f"memory of the whole process: {meta['peak_rss_gib']:.2f} GiB. Command: `{meta['command']}`; "
+        "raw numbers in `benchmarks/results/eval_speed.json`.\n\n" + "\n".join(lines)
+    )
+    write_section(Path(args.docs), "eval-speed", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+r"""Scores on one footing, and the comparison of runs by paired differences.
+
+**One scale.** A likelihood scores data in its own data space (:mod:`pyrovae.data`). To put
+models side by side, each estimate of :math:`\log p(x)` is mapped to a log-*mass* on a named
+scale, in nats per image, with bits per dimension :math:`-\log_2 P / D` beside it:
+
+* ``8-bit`` -- the original images :math:`k \in \{0..255\}^D`. A continuous density on
+  dequantised data :math:`x = (k + u)/256`, :math:`u \sim U(0,1)^D`, gives
+  :math:`\log P(k) \ge E_u[\log p(x)] - D \log 256` (Theis et al. 2016, *A note on the
+  evaluation of generative models*): the density is converted to a mass by the volume of a
+  grey level. A categorical model over :math:`L` levels (``256 % L == 0``) spreads each level
+  uniformly over its :math:`256/L` grey values: :math:`\log P(k) = \log P(\ell) - D \log(256/L)`.
+* ``binary-dynamic`` / ``binary-threshold`` -- log-masses of binarised images (a different
+  data set: never compared with 8-bit scores);
+* ``grey-density`` -- a density on :math:`k/255` without dequantisation: not a mass, so it is
+  comparable only with other ``grey-density`` runs of the same data;
+* ``counts`` -- log-masses of count vectors (bag of words).
+
+**Comparison.** For runs scored on the same test points with the same scale, the difference
+of two models is estimated by the mean of the per-datapoint differences
+:math:`d_i = \log \hat p_A(x_i) - \log \hat p_B(x_i)`, with the *paired* standard error
+:math:`\mathrm{sd}(d)/\sqrt{N}` -- much smaller than the errors of the two means, because the
+test points' difficulty cancels (as ``elpd_diff`` and ``dse`` in ArviZ's ``compare``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GREY_LEVELS = 256
+
+
+class ComparisonError(ValueError):
+    """Runs that cannot be ranked against each other (different data, scales or K)."""
+
+
+def data_scale(data_space: str, levels: int | None = None) -> tuple[str, float]:
+    """``(scale, offset per dimension in nats)`` that maps a score in ``data_space`` to a log-mass."""
+    if data_space == "dequantized":
+        return "8-bit", -math.log(GREY_LEVELS)
+    if data_space == "levels":
+        levels = levels or GREY_LEVELS
+        if GREY_LEVELS % levels:
+            return f"levels-{levels}", 0.0
+        return "8-bit", -math.log(GREY_LEVELS // levels)
+    if data_space == "grey":
+        return "grey-density", 0.0
+    return data_space, 0.0  # binary spaces, counts: already log-masses
+
+
+def on_scale(log_px: float, data_dim: int, data_space: str, levels: int | None = None) -> dict[str, float | str]:
+    """Nats per image and bits per dimension of ``log_px`` on the scale of :func:`data_scale`."""
+    scale, offset = data_scale(data_space, levels)
+    nats = log_px + data_dim * offset
+    return {"scale": scale, "nats_per_image": nats, "bits_per_dim": -nats / (data_dim * math.log(2))}
+
+
+@dataclass
+class Scored:
+    """One run's per-datapoint estimates on its scale."""
+
+    name: str
+    log_px: np.ndarray  # on the scale, nats per image
+    stderr: np.ndarray
+    khat: np.ndarray
+    summary: dict
+
+    @classmethod
+    def from_result(
+        cls, name: str, res, data_space: str, *, levels: int | None = None, dataset: str = "",
+        heldout_seed: int | None = None, likelihood: str = "", prior: str = "",
+    ) -> Scored:
+        """From a :class:`~pyrovae.importance.MarginalLikelihood` of ``(N, D)`` data in ``data_space``."""
+        data_dim = res.extras.get("data_dim")
+        if data_dim is None:
+            raise ValueError("the result does not record the data dimension; pass data from log_marginal_likelihood")
+        scale, offset = data_scale(data_space, levels)
+        summary = {
+            **res.summary(), "scale": scale, "dataset": dataset, "data": dataset, "heldout_seed": heldout_seed,
+            "data_dim": data_dim, "data_space": data_space, "levels": levels,
+            "likelihood": likelihood, "prior": prior,
+        }
+        return cls(name, res.log_px.numpy() + data_dim * offset, res.stderr.numpy(), res.khat.numpy(), summary)
+
+    @property
+    def key(self) -> tuple:
+        """What must agree between runs for their scores to be compared."""
+        s = self.summary
+        return (s["scale"], s["dataset"], s.get("data"), s["heldout_seed"], s["num_datapoints"], s["data_dim"])
+
+
+def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
+    """Read ``RUN/evaluation-K<K>.json`` and ``.csv`` (the largest K when not given)."""
+    run = Path(run)
+    if num_samples is None:
+        found = sorted(int(p.stem.split("-K")[1]) for p in run.glob("evaluation-K*.json"))
+        if not found:
+            raise ComparisonError(f"{run}: no evaluation-K*.json; run `pyrovae evaluate {run}` first")
+        num_samples = found[-1]
+    path = run / f"evaluation-K{num_samples}.json"
+    if not path.exists():
+        raise ComparisonError(f"{run}: no {path.name}; run `pyrovae evaluate {run} --num-samples {num_samples}`")
+    summary = json.loads(path.read_text())
+    summary.setdefault("scale", data_scale(summary["data_space"], summary.get("levels"))[0])
+    _, offset = data_scale(summary["data_space"], summary.get("levels"))
+    with open(path.with_suffix(".csv")) as f:
+        rows = list(csv.DictReader(f))
+    log_px = np.array([float(r["log_px"]) for r in rows]) + summary["data_dim"] * offset
+    return Scored(
+        name=run.name,
+        log_px=log_px,
+        stderr=np.array([float(r["stderr"]) for r in rows]),
+        khat=np.array([float(r["khat"]) for r in rows]),
+        summary=summary,
+    )
+
+
+def compare(runs: list[str | Path] | list[Scored], num_samples: int | None = None) -> list[dict]:
+    """Rank runs by mean test :math:`\\log p(x)` with paired standard errors of the differences.
+
+    Returns one dict per run, best first: ``nats_per_image``, ``se`` (over the data),
+    ``bits_per_dim``, ``diff`` (to the best, ≤ 0), ``diff_se`` (paired), ``mc_se`` of the
+    difference, ``khat_over_0.7``. Raises :class:`ComparisonError` when the runs were scored
+    on different data, scales, test points or numbers of samples.
+    """
+    scored = [r if isinstance(r, Scored) else load_scored(r, num_samples) for r in runs]
+    if len(scored) < 2:
+        raise ComparisonError("compare needs at least two runs")
+    keys = {s.key for s in scored}
+    if len(keys) > 1:
+        lines = "\n".join(
+            f"  {s.name}: scale {s.key[0]}, data {s.key[1]}, held-out seed {s.key[3]}, {s.key[4]} points"
+            for s in scored
+        )
+        raise ComparisonError(
+            "these runs are scored on different data or scales and cannot be ranked against each "
+            f"other (e.g. binarised vs grey-level images):\n{lines}\nevaluate them on the same data "
+            "space (a continuous likelihood on --data-space dequantized and a categorical one on "
+            "--data-space levels share the 8-bit scale)"
+        )
+    ks = {s.summary["num_samples"] for s in scored}
+    if len(ks) > 1:
+        raise ComparisonError(f"the runs were evaluated with different K {sorted(ks)}; pass one --num-samples")
+    scored.sort(key=lambda s: -s.log_px.mean())
+    best = scored[0]
+    n = len(best.log_px)
+    table = []
+    for s in scored:
+        d = s.log_px - best.log_px
+        table.append({
+            "run": s.name,
+            "likelihood": s.summary.get("likelihood", ""),
+            "prior": s.summary.get("prior", ""),
+            "scale": s.summary["scale"],
+            "nats_per_image": s.log_px.mean(),
+            "se": s.log_px.std(ddof=1) / math.sqrt(n),
+            "bits_per_dim": -s.log_px.mean() / (s.summary["data_dim"] * math.log(2)),
+            "diff": d.mean(),
+            "diff_se": d.std(ddof=1) / math.sqrt(n) if s is not best else 0.0,
+            "mc_se": math.sqrt(np.sum(s.stderr**2 + best.stderr**2)) / n if s is not best else 0.0,
+            "khat_over_0.7": float(np.mean(s.khat > 0.7)),
+            "num_samples": s.summary["num_samples"],
+            "num_datapoints": n,
+        })
+    return table
+
+
+def format_table(table: list[dict]) -> str:
+    """The comparison as a Markdown table."""
+    first = table[0]
+    lines = [
+        f"log p(x) on the `{first['scale']}` scale, {first['num_datapoints']:,} test points, "
+        f"K = {first['num_samples']}; Δ and its paired s.e. are to the best run.",
+        "",
+        "| rank | run | likelihood | prior | nats/image | s.e. | bits/dim | Δ | s.e.(Δ) | k̂ > 0.7 |",
+        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for i, r in enumerate(table, 1):
+        lines.append(
+            f"| {i} | {r['run']} | {r['likelihood']} | {r['prior']} | {r['nats_per_image']:.2f} | "
+            f"{r['se']:.2f} | {r['bits_per_dim']:.4f} | {r['diff']:.2f} | {r['diff_se']:.2f} | "
+            f"{r['khat_over_0.7']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def format_comparison(scored: list[Scored]) -> str:
+    """Tables of :func:`compare`, one per scale; a run alone on its scale is listed, not ranked."""
+    groups: dict[tuple, list[Scored]] = {}
+    for s in scored:
+        groups.setdefault(s.key, []).append(s)
+    parts = []
+    for group in groups.values():
+        if len(group) > 1:
+            parts.append(format_table(compare(group)))
+        else:
+            s = group[0]
+            nats = float(s.log_px.mean())
+            parts.append(
+                f"{s.name}: {nats:.2f} nats/image, {-nats / (s.summary['data_dim'] * math.log(2)):.4f} "
+                f"bits/dim on the `{s.summary['scale']}` scale -- alone on that scale, so not ranked"
+            )
+    if len(groups) > 1:
+        parts.insert(0, "Runs on different data scales are shown apart and never ranked against each other.")
+    return "\n\n".join(parts)
+
+
+def fit_and_score(
+    name: str,
+    vae,
+    train,
+    test,
+    *,
+    epochs: int = 10,
+    num_samples: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+    **trainer_options,
+) -> Scored:
+    """Train ``vae`` on ``train`` and score test log p(x) on its scale (for comparisons).
+
+    ``train`` and ``test`` are :class:`~pyrovae.data.ImageData` in the data space the
+    likelihood scores; the test observations are drawn once with ``seed`` (binarisation or
+    dequantisation noise), so runs with the same seed and space see the same test points.
+    """
+    import pyro
+    import torch
+
+    from .importance import log_marginal_likelihood
+    from .infer import train as train_pair
+
+    pyro.set_rng_seed(seed)
+    x_test = test.observations(torch.Generator().manual_seed(seed + 7919))
+    train_pair(vae.model, vae.guide, train, x_test, epochs=epochs, seed=seed, progress=progress, verbose=False,
+               check_data=vae.check_data, **trainer_options)
+    pyro.set_rng_seed(seed)
+    res = log_marginal_likelihood(vae.model, vae.guide, x_test, num_samples=num_samples, progress=progress,
+                                  khat_warn_share=1.0)
+    return Scored.from_result(
+        name, res, test.space, levels=test.levels, dataset=test.name, heldout_seed=seed + 7919,
+        likelihood=vae.likelihood.name, prior=vae.prior.name,
+    )
