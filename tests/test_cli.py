@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -132,3 +133,27 @@ def test_compare_ranks_runs_and_refuses_other_data_spaces(run2d, tmp_path, capsy
     assert main(["compare", str(run2d), str(space), "--png", str(tmp_path / "no.png")]) == 2
     err = capsys.readouterr().err
     assert "cannot be ranked" in err and "Traceback" not in err and not (tmp_path / "no.png").exists()
+
+
+def test_meanfield_is_refused_without_a_closed_form_kl(tmp_path, capsys):
+    run = tmp_path / "mf"
+    assert main(["train", "--objective", "meanfield", "--prior", "mog", "--out", str(run), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "closed form" in err and "--objective elbo" in err and not run.exists()
+
+
+def test_categorical_levels_with_vamp_prior_trains_and_draws_pictures(tmp_path):
+    run = tmp_path / "cat"
+    args = ["train", "--epochs", "1", "--likelihood", "categorical", "--data-space", "levels", "--levels", "8",
+            "--prior", "vamp", "--prior-opt", "pseudo_inputs=10", "--latent-dim", "2", "--hidden", "32",
+            "--out", str(run), *FAST]
+    assert main(args) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["likelihood_options"] == {"levels": 8} and config["prior_options"]["input_range"] == [0.0, 7.0]
+    for name in ("reconstructions.png", "samples.png", "manifold.png"):
+        assert _png_ok(run / name), name
+    assert main(["evaluate", str(run), "--num-samples", "30", "--max-datapoints", "50", "--no-progress"]) == 0
+    summary = json.loads((run / "evaluation-K30.json").read_text())
+    # 8 levels -> the 8-bit scale: each level's mass spread over 32 grey values
+    assert summary["scale"] == "8-bit"
+    assert summary["nats_per_image"] == pytest.approx(summary["mean_log_px"] - 784 * math.log(32), rel=1e-9)

@@ -117,3 +117,14 @@ def test_user_pair_gets_a_clear_support_error_without_check_data():
 
     with pytest.raises(pyrovae.DataError, match="site 'x'.*support"):
         pyrovae.train(model, guide, torch.rand(20, 5), epochs=1, progress=False)
+
+
+def test_fast_tanh_equals_torch_tanh_in_value_and_gradient():
+    from pyrovae.nets import Tanh
+
+    x = torch.linspace(-30, 30, 10001, dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.allclose(Tanh()(x), torch.tanh(x), rtol=0, atol=3e-7)
+    leaf = x.clone().requires_grad_()
+    Tanh()(leaf).sum().backward()
+    assert torch.allclose(leaf.grad, 1 - torch.tanh(x) ** 2, rtol=0, atol=1e-6)
