@@ -24,11 +24,7 @@ VARIANTS = {
 
 
 def main(args):
-    if args.dataset == "embedded":
-        train, test = pyrovae.load_embedded_mnist().split(args.test_size)
-    else:
-        train = pyrovae.load_dataset(args.dataset, "train", args.data_dir)
-        test = pyrovae.load_dataset(args.dataset, "test", args.data_dir).subset(slice(0, args.test_size))
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size)
     scored = []
     for label in args.variants:
         prior, options = VARIANTS[label]

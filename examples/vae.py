@@ -22,11 +22,7 @@ import pyrovae
 
 def main(args):
     pyro.set_rng_seed(args.seed)
-    if args.dataset == "embedded":
-        train, test = pyrovae.load_embedded_mnist().split(1000)
-    else:
-        train = pyrovae.load_dataset(args.dataset, "train", args.data_dir)
-        test = pyrovae.load_dataset(args.dataset, "test", args.data_dir)
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir)
     x_test = test.observations(torch.Generator().manual_seed(args.seed))  # binarised once
 
     vae = pyrovae.VAE(latent_dim=args.latent_dim, hidden=args.hidden)

@@ -1,6 +1,6 @@
 """pyrovae: variational autoencoders as Pyro model/guide pairs, with honest log p(x)."""
 
-from .data import DataError, ImageData, from_tensor, load_dataset, load_embedded_mnist
+from .data import DataError, ImageData, from_tensor, load_dataset, load_embedded_mnist, load_train_test
 from .importance import (
     IWAE,
     ContractError,
@@ -31,6 +31,7 @@ __all__ = [
     "from_tensor",
     "load_dataset",
     "load_embedded_mnist",
+    "load_train_test",
     "log_importance_weights",
     "log_marginal_likelihood",
     "make_likelihood",

@@ -260,6 +260,17 @@ def _read_idx_gz(path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def load_train_test(
+    name: str = "embedded", data_dir: str | Path | None = None, test_size: int | None = None
+) -> tuple[ImageData, ImageData]:
+    """Training and test images: the ``mnist``/``fashion-mnist`` splits (test cut to its first
+    ``test_size``), or the embedded digits split ``test_size`` (default 1000) / the rest."""
+    if name == "embedded":
+        return load_embedded_mnist().split(test_size or 1000)
+    test = load_dataset(name, "test", data_dir)
+    return load_dataset(name, "train", data_dir), test.subset(slice(0, test_size)) if test_size else test
+
+
 def load_embedded_mnist(space: str = "binary-dynamic") -> ImageData:
     """The first 10,000 MNIST training digits, shipped with pyrovae (see ``_embedded/README``)."""
     pkg = resources.files("pyrovae") / "_embedded"

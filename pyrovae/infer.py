@@ -42,6 +42,21 @@ from .importance import IWAE, guess_max_plate_nesting
 OBJECTIVES = ("elbo", "meanfield", "iwae")
 
 
+class _TraceMeanField(TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` whose loss ``torch.jit.trace`` can compile.
+
+    Pyro's returns ``loss + (surrogate - surrogate.item())``; under a trace ``loss`` becomes a
+    tensor and ``.item()`` a constant, so the compiled value is wrong (the gradient is not).
+    The surrogate alone has the same value and gradient, as in Pyro's ``JitTraceMeanField_ELBO``.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._differentiable_loss_particle(model_trace, guide_trace)[1] / self.num_particles
+        return loss
+
+
 def make_objective(
     name: str, num_particles: int = 1, max_plate_nesting: int | None = None
 ) -> Any:
@@ -50,7 +65,7 @@ def make_objective(
         raise ValueError("num_particles must be >= 1")
     if name == "iwae":
         return IWAE(num_particles, max_plate_nesting=max_plate_nesting)
-    cls = {"elbo": Trace_ELBO, "meanfield": TraceMeanField_ELBO}.get(name)
+    cls = {"elbo": Trace_ELBO, "meanfield": _TraceMeanField}.get(name)
     if cls is None:
         raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
     return cls(
