@@ -190,3 +190,31 @@ def test_meanfield_objective_compiles_with_jit_and_matches_eager():
         if jit:
             assert not trainer._loss.failed
     assert torch.allclose(losses[True], losses[False], rtol=1e-4)
+
+
+def test_a_traced_loss_that_fails_on_new_data_falls_back_to_eager():
+    """A trace freezes Python numbers: here a size read with .item() on the tracing batch."""
+    import warnings
+
+    decoder = nn.Linear(2, 10)
+
+    def model(x):
+        pyro.module("dec", decoder)
+        n = int((x[0] > 0.5).sum().item())  # a constant once traced
+        frozen = x[0][x[0] > 0.5] + torch.zeros(n)  # fails when the next batch has another count
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z) + 0 * frozen.sum()).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+    x = torch.zeros(40, 10)
+    x[::2, :3] = 1  # even rows: three ones; odd rows: none
+    trainer = Trainer(model, guide, jit=True, max_plate_nesting=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = [trainer.step(xb) for xb in (x[:4], x[1:5], x[2:6])]  # same shape, first row differs
+    assert trainer._loss.failed and all(torch.isfinite(v) for v in losses)
+    assert any("Training without jit" in str(w.message) for w in caught)
