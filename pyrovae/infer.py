@@ -103,15 +103,18 @@ class _JitLoss:
         graph = self.graphs[key]
         if graph is not None and self.checks[key] < self.VERIFY_CALLS:
             self.checks[key] += 1
-            if not self._agrees(graph, tensors):
-                self.failed = True
-        if graph is None or self.failed:
-            return self.fn(*tensors)
+            self._verify(graph, tensors)
+        out = None if graph is None or self.failed else self._run(graph, tensors)
+        return self.fn(*tensors) if out is None else out
+
+    def _run(self, graph, tensors) -> torch.Tensor | None:
+        """The compiled loss, or ``None`` (and eager from now on) when the graph fails,
+        e.g. on a shape the trace froze."""
         try:
             return graph(*self.params, *tensors)
-        except RuntimeError as err:  # e.g. a shape the trace froze: stay eager from now on
+        except RuntimeError as err:
             self._give_up(f"the jit-traced loss failed ({err}). Training without jit.")
-            return self.fn(*tensors)
+            return None
 
     def _give_up(self, message: str) -> None:
         warnings.warn(message, stacklevel=5)
@@ -131,30 +134,23 @@ class _JitLoss:
             try:
                 return torch.jit.trace(flat, (*self.params, *tensors), check_trace=False)
             except Exception as err:  # a pair tracing cannot follow: stay eager
-                warnings.warn(f"jit tracing failed, training without it ({err})", stacklevel=4)
-                self.failed = True
+                self._give_up(f"jit tracing failed, training without it ({err})")
                 return None
 
-    def _agrees(self, graph, tensors) -> bool:
+    def _verify(self, graph, tensors) -> None:
+        """Give up on ``graph`` unless it matches the eager loss on the same random numbers."""
         with torch.random.fork_rng(devices=_devices(tensors[0])), torch.no_grad():
             state = _rng_state(tensors[0])
             with poutine.block():
                 eager = self.fn(*tensors)
             _set_rng_state(tensors[0], state)
-            try:
-                compiled = graph(*self.params, *tensors)
-            except RuntimeError as err:
-                self._give_up(f"the jit-traced loss failed ({err}). Training without jit.")
-                return False
-        if torch.allclose(eager, compiled, rtol=1e-4, atol=1e-3):
-            return True
-        warnings.warn(
-            "the jit-traced loss differs from the eager one on the same random numbers "
-            f"({compiled.item():.6g} vs {eager.item():.6g}); the model or guide probably has "
-            "data-dependent Python control flow. Training without jit.",
-            stacklevel=4,
-        )
-        return False
+            compiled = self._run(graph, tensors)
+        if compiled is not None and not torch.allclose(eager, compiled, rtol=1e-4, atol=1e-3):
+            self._give_up(
+                "the jit-traced loss differs from the eager one on the same random numbers "
+                f"({compiled.item():.6g} vs {eager.item():.6g}); the model or guide probably has "
+                "data-dependent Python control flow. Training without jit."
+            )
 
 
 class TrainingError(RuntimeError):
