@@ -134,8 +134,10 @@ class _JitLoss:
             try:
                 return torch.jit.trace(flat, (*self.params, *tensors), check_trace=False)
             except Exception as err:  # a pair tracing cannot follow: stay eager
-                self._give_up(f"jit tracing failed, training without it ({err})")
-                return None
+                failure = err
+        # outside the block above, which silences warnings, so that the user sees this one
+        self._give_up(f"jit tracing failed, training without it ({failure})")
+        return None
 
     def _verify(self, graph, tensors) -> None:
         """Give up on ``graph`` unless it matches the eager loss on the same random numbers."""

@@ -218,3 +218,16 @@ def test_a_traced_loss_that_fails_on_new_data_falls_back_to_eager():
         losses = [trainer.step(xb) for xb in (x[:4], x[1:5], x[2:6])]  # same shape, first row differs
     assert trainer._loss.failed and all(torch.isfinite(v) for v in losses)
     assert any("Training without jit" in str(w.message) for w in caught)
+
+
+def test_a_pair_that_cannot_be_traced_trains_eagerly_and_says_so(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    vae = pyrovae.VAE(latent_dim=2, hidden=(16,), name="untraceable")
+    trainer = Trainer(vae.model, vae.guide, jit=True, max_plate_nesting=1)
+    x = torch.bernoulli(torch.full((8, 784), 0.3))
+    with pytest.warns(UserWarning, match="jit tracing failed.*cannot trace this"):
+        loss = trainer.step(x)
+    assert trainer._loss.failed and torch.isfinite(loss)
