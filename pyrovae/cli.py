@@ -17,7 +17,7 @@ import pyro
 import torch
 
 from . import __version__
-from .data import DATA_ENV, DATA_SPACES, DATASETS, DataError, ImageData, load_dataset
+from .data import DATA_ENV, DATA_SPACES, DATASETS, DataError, ImageData, heldout_generator, load_dataset
 from .importance import ContractError
 from .infer import OBJECTIVES, Trainer, TrainingError
 from .likelihoods import LIKELIHOODS
@@ -359,7 +359,7 @@ def write_pictures(run: Path, vae, history, heldout: ImageData, config: dict) ->
 
     shape = config["image_shape"]
     device = next(vae.parameters()).device
-    x = heldout.observations(torch.Generator().manual_seed(config["seed"] + 7919), device=device)
+    x = heldout.observations(heldout_generator(config["seed"]), device=device)
     picture = vae.likelihood.to_picture  # data units (levels, counts) -> [0, 1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["seed"])

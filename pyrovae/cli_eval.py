@@ -9,6 +9,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from .data import heldout_generator, heldout_seed
 from .importance import log_marginal_likelihood
 from .runs import load_vae, write_csv, write_json, write_text
 from .scoring import ComparisonError, compare, format_table, on_scale
@@ -59,7 +60,7 @@ def heldout_observations(config: dict, device) -> tuple[torch.Tensor, torch.Tens
     from .cli import load_run_data
 
     _, heldout = load_run_data(config)
-    gen = torch.Generator().manual_seed(config["seed"] + 7919)
+    gen = heldout_generator(config["seed"])
     x = heldout.observations(gen, device=device)
     return x, heldout.labels, heldout.name
 
@@ -96,7 +97,7 @@ def cmd_evaluate(args) -> None:
         "dataset": config["dataset"],
         "data_space": config["data_space"],
         "levels": config.get("levels"),
-        "heldout_seed": config["seed"] + 7919,
+        "heldout_seed": heldout_seed(config["seed"]),
         "sample_seed": args.seed,
         "discrete_likelihood": vae.likelihood.discrete,
         "likelihood": config["likelihood"],

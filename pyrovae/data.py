@@ -42,6 +42,17 @@ _FILES = {
 }
 
 
+def heldout_generator(seed: int) -> torch.Generator:
+    """The generator that draws a held-out set's observations (binarisation, dequantisation
+    noise) once, apart from the training epochs' draws: the same ``seed`` gives the same test
+    points in training, evaluation, pictures and comparisons."""
+    return torch.Generator().manual_seed(heldout_seed(seed))
+
+
+def heldout_seed(seed: int) -> int:
+    return seed + 7919
+
+
 class DataError(ValueError):
     """Bad or missing data, reported before any training starts."""
 

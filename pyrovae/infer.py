@@ -36,7 +36,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from .data import DataError, ImageData, check_observations, minibatches
+from .data import DataError, ImageData, check_observations, heldout_generator, minibatches
 from .importance import IWAE, guess_max_plate_nesting
 
 OBJECTIVES = ("elbo", "meanfield", "iwae")
@@ -302,7 +302,7 @@ class Trainer:
         device = torch.device(device) if device is not None else None
         heldout_x = None
         if heldout is not None:
-            heldout_x = _observe(heldout, torch.Generator().manual_seed(seed + 7919), device)
+            heldout_x = _observe(heldout, heldout_generator(seed), device)
             self._check(heldout_x, "held-out data")
         start_epoch = self.epoch + 1
         first = _observe(data, _epoch_generator(seed, start_epoch), device)

@@ -54,11 +54,16 @@ def data_scale(data_space: str, levels: int | None = None) -> tuple[str, float]:
     return data_space, 0.0  # binary spaces, counts: already log-masses
 
 
+def bits_per_dim(nats_per_image: float, data_dim: int) -> float:
+    r""":math:`-\log_2 P / D` from a log-mass in nats per image."""
+    return -nats_per_image / (data_dim * math.log(2))
+
+
 def on_scale(log_px: float, data_dim: int, data_space: str, levels: int | None = None) -> dict[str, float | str]:
     """Nats per image and bits per dimension of ``log_px`` on the scale of :func:`data_scale`."""
     scale, offset = data_scale(data_space, levels)
     nats = log_px + data_dim * offset
-    return {"scale": scale, "nats_per_image": nats, "bits_per_dim": -nats / (data_dim * math.log(2))}
+    return {"scale": scale, "nats_per_image": nats, "bits_per_dim": bits_per_dim(nats, data_dim)}
 
 
 @dataclass
@@ -107,8 +112,8 @@ def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
     if not path.exists():
         raise ComparisonError(f"{run}: no {path.name}; run `pyrovae evaluate {run} --num-samples {num_samples}`")
     summary = json.loads(path.read_text())
-    summary.setdefault("scale", data_scale(summary["data_space"], summary.get("levels"))[0])
-    _, offset = data_scale(summary["data_space"], summary.get("levels"))
+    scale, offset = data_scale(summary["data_space"], summary.get("levels"))
+    summary.setdefault("scale", scale)
     with open(path.with_suffix(".csv")) as f:
         rows = list(csv.DictReader(f))
     log_px = np.array([float(r["log_px"]) for r in rows]) + summary["data_dim"] * offset
@@ -160,7 +165,7 @@ def compare(runs: list[str | Path] | list[Scored], num_samples: int | None = Non
             "scale": s.summary["scale"],
             "nats_per_image": s.log_px.mean(),
             "se": s.log_px.std(ddof=1) / math.sqrt(n),
-            "bits_per_dim": -s.log_px.mean() / (s.summary["data_dim"] * math.log(2)),
+            "bits_per_dim": bits_per_dim(s.log_px.mean(), s.summary["data_dim"]),
             "diff": d.mean(),
             "diff_se": d.std(ddof=1) / math.sqrt(n) if s is not best else 0.0,
             "mc_se": math.sqrt(np.sum(s.stderr**2 + best.stderr**2)) / n if s is not best else 0.0,
@@ -203,7 +208,7 @@ def format_comparison(scored: list[Scored]) -> str:
             s = group[0]
             nats = float(s.log_px.mean())
             parts.append(
-                f"{s.name}: {nats:.2f} nats/image, {-nats / (s.summary['data_dim'] * math.log(2)):.4f} "
+                f"{s.name}: {nats:.2f} nats/image, {bits_per_dim(nats, s.summary['data_dim']):.4f} "
                 f"bits/dim on the `{s.summary['scale']}` scale -- alone on that scale, so not ranked"
             )
     if len(groups) > 1:
@@ -230,19 +235,19 @@ def fit_and_score(
     dequantisation noise), so runs with the same seed and space see the same test points.
     """
     import pyro
-    import torch
 
+    from .data import heldout_generator, heldout_seed
     from .importance import log_marginal_likelihood
     from .infer import train as train_pair
 
     pyro.set_rng_seed(seed)
-    x_test = test.observations(torch.Generator().manual_seed(seed + 7919))
+    x_test = test.observations(heldout_generator(seed))
     train_pair(vae.model, vae.guide, train, x_test, epochs=epochs, seed=seed, progress=progress, verbose=False,
                check_data=vae.check_data, **trainer_options)
     pyro.set_rng_seed(seed)
     res = log_marginal_likelihood(vae.model, vae.guide, x_test, num_samples=num_samples, progress=progress,
                                   khat_warn_share=1.0)
     return Scored.from_result(
-        name, res, test.space, levels=test.levels, dataset=test.name, heldout_seed=seed + 7919,
+        name, res, test.space, levels=test.levels, dataset=test.name, heldout_seed=heldout_seed(seed),
         likelihood=vae.likelihood.name, prior=vae.prior.name,
     )
