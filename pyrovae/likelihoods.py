@@ -574,7 +574,21 @@ class Categorical(Likelihood):
         return f"levels={self.levels}, data_space={self.data_space!r}"
 
 
-class Poisson(Likelihood):
+class _Counts(Likelihood):
+    """Shared by the count likelihoods: their data space, support and pictures."""
+
+    data_space = "counts"
+    discrete = True
+    label: ClassVar[str] = ""  # the likelihood's name in error messages
+
+    def to_picture(self, values: torch.Tensor) -> torch.Tensor:
+        return values / values.amax(-1, keepdim=True).clamp_min(1e-12)  # each image's max -> 1
+
+    def check_support(self, x: torch.Tensor) -> None:
+        _require_counts(x, self.label)
+
+
+class Poisson(_Counts):
     r""":math:`x_d \sim \mathrm{Poisson}(\lambda_d)`, :math:`\lambda_d = \mathrm{softplus}(o_d) + \epsilon`.
 
     :math:`\log p(x \mid z) = \sum_d x_d \log \lambda_d - \lambda_d - \log \Gamma(x_d + 1)`,
@@ -583,8 +597,7 @@ class Poisson(Likelihood):
     """
 
     name = "poisson"
-    data_space = "counts"
-    discrete = True
+    label = "Poisson"
 
     def __init__(self, min_rate: float = 1e-6) -> None:
         super().__init__()
@@ -593,14 +606,8 @@ class Poisson(Likelihood):
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         return dist.Poisson(F.softplus(out) + self.min_rate).to_event(1)
 
-    def to_picture(self, values: torch.Tensor) -> torch.Tensor:
-        return values / values.amax(-1, keepdim=True).clamp_min(1e-12)
 
-    def check_support(self, x: torch.Tensor) -> None:
-        _require_counts(x, "Poisson")
-
-
-class Multinomial(Likelihood):
+class Multinomial(_Counts):
     r""":math:`x \sim \mathrm{Mult}(n, \mathrm{softmax}(o))` with :math:`n = \sum_d x_d` per row.
 
     A bag-of-words model: the decoder gives one logit per word (``D`` outputs) and the
@@ -610,8 +617,7 @@ class Multinomial(Likelihood):
     """
 
     name = "multinomial"
-    data_space = "counts"
-    discrete = True
+    label = "multinomial"
 
     def __init__(self, total_count: int | None = None) -> None:
         super().__init__()
@@ -623,12 +629,6 @@ class Multinomial(Likelihood):
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(out, -1)
         return probs if self.total_count is None else self.total_count * probs
-
-    def to_picture(self, values: torch.Tensor) -> torch.Tensor:
-        return values / values.amax(-1, keepdim=True).clamp_min(1e-12)
-
-    def check_support(self, x: torch.Tensor) -> None:
-        _require_counts(x, "multinomial")
 
     def extra_repr(self) -> str:
         return f"total_count={self.total_count}, data_space={self.data_space!r}"
