@@ -84,7 +84,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=100, help="images per timed run (scaled to 1,000)")
     p.add_argument("--num-samples", type=int, default=5000)
-    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[2**12, 2**14, 2**16])
+    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[2**10, 2**12, 2**14, 2**16])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
@@ -121,7 +121,8 @@ def main() -> None:
         "num_samples": args.num_samples, "rounds": args.rounds, "matmul_gflops": peak,
         "matmul_gflops_per_round": peaks,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "command": f"python benchmarks/eval_speed.py --threads {args.threads} --images {args.images}",
+        "command": f"python benchmarks/eval_speed.py --threads {args.threads} --images {args.images} "
+        f"--chunk-sizes {' '.join(map(str, args.chunk_sizes))} --rounds {args.rounds}",
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
