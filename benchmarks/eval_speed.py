@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from train_speed import write_section
 
 import pyrovae
-from pyrovae.likelihoods import IndependentBernoulli
+from pyrovae.distributions import IndependentBernoulli
 
 ROOT = Path(__file__).resolve().parents[1]
 DECODER_FLOPS = 2 * (50 * 200 + 200 * 200 + 200 * 784)
@@ -62,7 +62,7 @@ def matmul_gflops(repeats: int = 5) -> float:
 
 
 def useful_flops(num_images: int, num_samples: int, chunk_size: int) -> float:
-    from pyrovae.importance import _chunk_sizes
+    from pyrovae.infer.importance import _chunk_sizes
 
     rows, particles = _chunk_sizes(num_images, num_samples, chunk_size)
     particle_chunks = -(-num_samples // particles)

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 
 import pyrovae
+from pyrovae.distributions import bernoulli_log_prob
 from pyrovae.infer import Trainer
-from pyrovae.likelihoods import Bernoulli, bernoulli_log_prob
+from pyrovae.likelihoods import Bernoulli
 from pyrovae.nets import MLPDecoder, MLPEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def trainer(jit, likelihood="bernoulli", name="t"):
 
 def compiled(x_batches):
     vae = _vae("compiled")
-    tr = Trainer(vae.model, vae.guide, max_plate_nesting=1)
+    tr = Trainer(vae.model, vae.guide, jit=False, max_plate_nesting=1)
     tr.setup(x_batches[0])
     loss_fn = torch.compile(tr._loss)
 

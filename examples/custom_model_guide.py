@@ -2,7 +2,7 @@
 
 A VAE whose decoder also predicts a per-image brightness offset, written from scratch: no
 pyrovae classes, just ``pyro.module``, one ``pyro.plate("data", N)`` and sample sites. Any pair
-that follows this contract (see ``pyrovae.importance``) can use ``pyrovae.train`` and
+that follows this contract (``docs/importance_sampling.md``) can use ``pyrovae.train`` and
 ``pyrovae.log_marginal_likelihood``.
 
     python examples/custom_model_guide.py

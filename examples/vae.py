@@ -23,14 +23,13 @@ import pyrovae
 def main(args):
     pyro.set_rng_seed(args.seed)
     train, test = pyrovae.load_train_test(args.dataset, args.data_dir)
-    x_test = test.observations(torch.Generator().manual_seed(args.seed))  # binarised once
-
     vae = pyrovae.VAE(latent_dim=args.latent_dim, hidden=args.hidden)
+    x_test = vae.prepare_data(test).observations(torch.Generator().manual_seed(args.seed))  # binarised once
+
     trainer = pyrovae.train(
         vae.model, vae.guide, train, x_test, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, objective=args.objective, num_particles=args.particles, jit=True,
-        check_data=vae.check_data, seed=args.seed,
-    )
+        lr=args.lr, objective=args.objective, num_particles=args.particles, seed=args.seed,
+    )  # the VAE's likelihood picks the data space (binarised digits) and checks the data
     print(f"held-out ELBO after {trainer.epoch} epochs: {trainer.history[-1]['heldout_elbo']:.2f} nats")
 
     res = pyrovae.log_marginal_likelihood(vae.model, vae.guide, x_test[: args.eval_points],

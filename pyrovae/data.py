@@ -12,6 +12,16 @@ shape ``(N, D)`` and turned into observations for a likelihood by a *data space*
 ``counts``            ``x = k``, the 8-bit values as counts (Poisson/multinomial likelihoods)
 ====================  =============================================================================
 
+An :class:`ImageData` whose ``space`` is ``None`` lets the model choose: a
+:class:`~pyrovae.VAE` trained on it observes the data in its likelihood's space, as the command
+line does; elsewhere it is observed as ``binary-dynamic``.
+
+**Several tensors per datapoint.** The trainer and the evaluators take a tensor, a tuple of
+tensors that share dim 0 (e.g. ``(x, y)`` for ``model(x, y)``), or a *data source*: any object
+with ``tensors(generator, device) -> tuple`` and ``fresh_each_epoch`` (such as
+``ImageData.with_labels()``, which gives ``(x, labels)``). All tensors of a batch are shuffled
+and sliced together (:func:`minibatches`).
+
 Where the files come from: ``--data-dir``, else the ``PYROVAE_DATA`` environment variable,
 else a user cache folder. torchvision downloads missing files when online. The package also
 ships a real 10,000-digit MNIST subset (:func:`load_embedded_mnist`) so that demos and tests run
@@ -25,7 +35,7 @@ import gzip
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -34,6 +44,7 @@ import numpy as np
 import torch
 
 DATA_ENV = "PYROVAE_DATA"
+DEFAULT_SPACE = "binary-dynamic"  # how ImageData without a space is observed by plain pairs
 DATA_SPACES = ("binary-dynamic", "binary-threshold", "grey", "dequantized", "levels", "counts")
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 _FILES = {
@@ -61,24 +72,28 @@ class DataError(ValueError):
 class ImageData:
     """8-bit images flattened to ``(N, D)`` with optional labels, and how to observe them.
 
-    ``space`` selects the observations a likelihood sees (see the module docstring);
-    ``levels`` is the number of grey levels for ``space="levels"``.
+    ``space`` selects the observations a likelihood sees (see the module docstring; ``None``:
+    the model's choice); ``levels`` is the number of grey levels for ``space="levels"``;
+    ``return_labels`` makes :meth:`tensors` give ``(x, labels)`` instead of ``(x,)``.
     """
 
     images: torch.Tensor  # uint8, (N, D)
     labels: torch.Tensor | None = None  # int64, (N,)
     image_shape: tuple[int, ...] = (28, 28)
-    space: str = "binary-dynamic"
+    space: str | None = None
     levels: int = 256
     name: str = "data"
+    return_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 2:
             raise DataError("ImageData.images must be a uint8 tensor of shape (N, D)")
-        if self.space not in DATA_SPACES:
+        if self.space is not None and self.space not in DATA_SPACES:
             raise DataError(f"unknown data space {self.space!r}; choose one of {DATA_SPACES}")
         if self.labels is not None and len(self.labels) != len(self.images):
             raise DataError(f"{len(self.labels)} labels for {len(self.images)} images")
+        if self.return_labels and self.labels is None:
+            raise DataError(f"{self.name} has no labels to return; pass labels= to from_tensor")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -88,12 +103,30 @@ class ImageData:
         return self.images.shape[1]
 
     @property
+    def observed_space(self) -> str:
+        """The data space :meth:`observations` uses: ``space``, or ``binary-dynamic`` when unset."""
+        return self.space or DEFAULT_SPACE
+
+    @property
     def fresh_each_epoch(self) -> bool:
         """Whether :meth:`observations` draws new random values for each ``generator`` state."""
-        return self.space in ("binary-dynamic", "dequantized")
+        return self.observed_space in ("binary-dynamic", "dequantized")
 
-    def with_space(self, space: str, levels: int | None = None) -> ImageData:
+    def with_space(self, space: str | None, levels: int | None = None) -> ImageData:
         return replace(self, space=space, levels=self.levels if levels is None else levels)
+
+    def with_labels(self, return_labels: bool = True) -> ImageData:
+        """The same images whose :meth:`tensors` are ``(x, labels)``, for ``model(x, y)``."""
+        return replace(self, return_labels=return_labels)
+
+    def tensors(
+        self, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """``(x,)``, or ``(x, labels)`` with :meth:`with_labels`: what ``model(*batch)`` gets."""
+        x = self.observations(generator, device)
+        if not self.return_labels:
+            return (x,)
+        return x, self.labels.to(x.device)
 
     def subset(self, index: torch.Tensor | slice) -> ImageData:
         labels = None if self.labels is None else self.labels[index]
@@ -120,19 +153,20 @@ class ImageData:
         """
         k = self.images.to(device=device, dtype=dtype)
         gen_device = generator.device if generator is not None else torch.device("cpu")
-        if self.space == "binary-dynamic":
+        space = self.observed_space
+        if space == "binary-dynamic":
             u = torch.rand(k.shape, generator=generator, device=gen_device, dtype=dtype)
             return (u.to(k.device) < k / 255).to(dtype)
-        if self.space == "binary-threshold":
+        if space == "binary-threshold":
             return (k / 255 > 0.5).to(dtype)
-        if self.space == "grey":
+        if space == "grey":
             return k / 255
-        if self.space == "dequantized":
+        if space == "dequantized":
             u = torch.rand(k.shape, generator=generator, device=gen_device, dtype=dtype)
             # kept strictly inside (0, 1): (255 + u)/256 rounds to 1.0 in float32 for u near 1
             half_ulp = torch.finfo(dtype).eps / 2
             return ((k + u.to(k.device)) / 256).clamp_(half_ulp, 1 - half_ulp)
-        if self.space == "counts":
+        if space == "counts":
             return k
         return torch.div(k.long() * self.levels, 256, rounding_mode="floor").to(dtype)
 
@@ -140,7 +174,7 @@ class ImageData:
 def from_tensor(
     images: torch.Tensor | np.ndarray,
     labels: torch.Tensor | np.ndarray | None = None,
-    space: str = "binary-dynamic",
+    space: str | None = None,
     name: str = "user data",
 ) -> ImageData:
     """Wrap a user's images: ``uint8`` in ``0..255`` or floats in ``[0, 1]`` (rounded to 8 bits).
@@ -223,7 +257,7 @@ def load_dataset(
     name: str = "mnist",
     split: str = "train",
     data_dir: str | Path | None = None,
-    space: str = "binary-dynamic",
+    space: str | None = None,
     download: bool = True,
 ) -> ImageData:
     """MNIST or Fashion-MNIST (``name``) as :class:`ImageData`, via torchvision.
@@ -282,7 +316,7 @@ def load_train_test(
     return load_dataset(name, "train", data_dir), test.subset(slice(0, test_size)) if test_size else test
 
 
-def load_embedded_mnist(space: str = "binary-dynamic") -> ImageData:
+def load_embedded_mnist(space: str | None = None) -> ImageData:
     """The first 10,000 MNIST training digits, shipped with pyrovae (see ``_embedded/README``)."""
     pkg = resources.files("pyrovae") / "_embedded"
     with resources.as_file(pkg / "mnist-train-10k-images-idx3-ubyte.gz") as p:
@@ -298,17 +332,69 @@ def load_embedded_mnist(space: str = "binary-dynamic") -> ImageData:
     )
 
 
-def minibatches(
-    x: torch.Tensor, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
-) -> Iterator[torch.Tensor]:
-    """Index-sliced minibatches of the rows of ``x`` (one shuffle per call)."""
-    n = x.shape[0]
-    if shuffle:
-        order = torch.randperm(n, generator=generator).to(x.device)
-        for idx in order.split(batch_size):
-            yield x[idx]
+def as_tensors(
+    data, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    what: str = "data",
+) -> tuple[torch.Tensor, ...]:
+    """The per-datapoint tensors of ``data``: a tensor, a tuple of tensors sharing dim 0, or a
+    data source with ``tensors(generator, device)`` (e.g. :class:`ImageData`)."""
+    if hasattr(data, "tensors"):
+        tensors = tuple(data.tensors(generator, device))
+    elif torch.is_tensor(data):
+        tensors = (data,)
+    elif isinstance(data, (tuple, list)) and data:
+        tensors = tuple(data)
     else:
-        yield from x.split(batch_size)
+        raise DataError(
+            f"{what} must be a torch.Tensor, a tuple of tensors sharing dim 0 (one row per "
+            f"datapoint), or an ImageData; got {type(data).__name__}"
+        )
+    check_batch(tensors, what)
+    if device is not None:
+        tensors = tuple(t.to(device) for t in tensors)
+    return tensors
+
+
+def check_batch(tensors: Sequence[torch.Tensor], what: str = "data") -> None:
+    """Tensors with one row per datapoint: the same dim 0, not empty, finite; raises :class:`DataError`."""
+    for i, t in enumerate(tensors):
+        if not torch.is_tensor(t):
+            raise DataError(f"{what}: item {i} of the batch is a {type(t).__name__}, not a torch.Tensor")
+        if t.dim() == 0:
+            raise DataError(f"{what}: item {i} of the batch is a scalar; every tensor needs one row per datapoint")
+    sizes = [t.shape[0] for t in tensors]
+    if len(set(sizes)) > 1:
+        raise DataError(
+            f"{what}: the batch's tensors must share dim 0 (one row per datapoint), but their first "
+            f"dims are {sizes}; pass other arguments to the model by keyword or closure"
+        )
+    if sizes[0] == 0:
+        raise DataError(f"{what} is empty")
+    for i, t in enumerate(tensors):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t)).reshape(len(t), -1).any(1).nonzero()[:5, 0].tolist()
+            which = f"item {i} of the batch" if len(tensors) > 1 else "it"
+            raise DataError(f"{what} contains NaN or infinite values ({which}, rows {bad}...)")
+
+
+def minibatches(
+    data: torch.Tensor | Sequence[torch.Tensor],
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    shuffle: bool = True,
+) -> Iterator:
+    """Minibatches of rows, all tensors of a tuple shuffled and sliced together (one shuffle
+    per call). A tensor gives tensors, a tuple gives tuples."""
+    single = torch.is_tensor(data)
+    tensors = (data,) if single else tuple(data)
+    n = tensors[0].shape[0]
+    if shuffle:
+        order = torch.randperm(n, generator=generator).to(tensors[0].device)
+        parts = (tuple(t[idx] for t in tensors) for idx in order.split(batch_size))
+    else:
+        parts = zip(*(t.split(batch_size) for t in tensors))
+    for part in parts:
+        yield part[0] if single else part
 
 
 def check_observations(x: torch.Tensor, data_dim: int | None = None, what: str = "data") -> None:

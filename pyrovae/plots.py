@@ -1,6 +1,8 @@
-"""Pictures of a trained VAE and of its evaluation, saved as PNG (atomically).
+"""Pictures of a trained model and of its evaluation, saved as PNG (atomically).
 
-matplotlib runs on its non-interactive Agg backend, so no display is needed.
+Figures are drawn on ``matplotlib.figure.Figure`` objects and rendered by Agg directly, without
+pyplot: no display is needed, and the user's matplotlib backend and open figures are left
+alone.
 """
 
 from __future__ import annotations
@@ -10,20 +12,22 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from .runs import atomic_write  # noqa: E402
+from .io import atomic_write
 
 
-def save_figure(fig, path: str | Path) -> None:
+def new_figure(figsize: tuple[float, float], ncols: int = 1):
+    """A pyplot-free figure and its axes (one, or a row of ``ncols``)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols)
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
@@ -48,7 +52,7 @@ def _show(ax, grid: np.ndarray, title: str) -> None:
 
 def plot_samples(path, images: torch.Tensor, image_shape, title: str = "samples") -> None:
     ncol = math.ceil(math.sqrt(len(images)))
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = new_figure((6, 6))
     _show(ax, image_grid(images, image_shape, ncol), title)
     save_figure(fig, path)
 
@@ -56,17 +60,25 @@ def plot_samples(path, images: torch.Tensor, image_shape, title: str = "samples"
 def plot_reconstructions(path, x: torch.Tensor, recon: torch.Tensor, image_shape) -> None:
     """Data (left) beside the decoder mean at the encoder's mean (right)."""
     ncol = math.ceil(math.sqrt(len(x)))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    fig, axes = new_figure((10, 5), ncols=2)
     _show(axes[0], image_grid(x, image_shape, ncol), "data")
     _show(axes[1], image_grid(recon.clamp(0, 1), image_shape, ncol), "reconstruction E[x | z=mean q(z|x)]")
     save_figure(fig, path)
 
 
-def plot_curves(path, history: list[dict], objective: str = "elbo") -> None:
-    """Training bound and held-out ELBO per epoch, in nats per datapoint."""
+def plot_curves(path, history: list[dict]) -> None:
+    """Training bound (labelled by its objective), the true training ELBO when the objective is
+    weighted, and the held-out ELBO per epoch, in nats per datapoint."""
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure((6, 4))
+    objective = history[-1].get("objective", "bound") if history else "bound"
     ax.plot(epochs, [r["train_bound"] for r in history], "o-", ms=3, label=f"train {objective}")
+    if any("train_elbo" in r for r in history):
+        ax.plot(
+            [r["epoch"] for r in history if "train_elbo" in r],
+            [r["train_elbo"] for r in history if "train_elbo" in r],
+            "d-", ms=3, label="train ELBO (unweighted)",
+        )
     if any("heldout_elbo" in r for r in history):
         ax.plot(
             [r["epoch"] for r in history if "heldout_elbo" in r],
@@ -94,7 +106,7 @@ def project_2d(z: torch.Tensor) -> tuple[np.ndarray, str]:
 def plot_latent(path, z_mean: torch.Tensor, labels: torch.Tensor | None) -> None:
     """Posterior means E_q[z | x], coloured by label."""
     pts, what = project_2d(z_mean)
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    fig, ax = new_figure((6, 5.5))
     if labels is None:
         ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.6)
     else:
@@ -109,7 +121,7 @@ def plot_manifold(path, decode_mean, image_shape, n: int = 20, span: float = 0.9
     q = torch.linspace((1 - span) / 2, (1 + span) / 2, n, dtype=torch.float64)
     g = torch.distributions.Normal(0.0, 1.0).icdf(q).float()
     zz = torch.stack(torch.meshgrid(g, g.flip(0), indexing="xy"), -1).reshape(-1, 2)
-    fig, ax = plt.subplots(figsize=(7, 7))
+    fig, ax = new_figure((7, 7))
     _show(ax, image_grid(decode_mean(zz), image_shape, n), "decoder mean over the latent plane")
     save_figure(fig, path)
 
@@ -117,7 +129,7 @@ def plot_manifold(path, decode_mean, image_shape, n: int = 20, span: float = 0.9
 def plot_khat(path, khat: torch.Tensor) -> None:
     """Histogram of PSIS k-hat per datapoint with the 0.5 and 0.7 thresholds."""
     k = khat.cpu().numpy()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure((6, 4))
     ax.hist(k, bins=50, color="0.4")
     for t, c in ((0.5, "tab:orange"), (0.7, "tab:red")):
         ax.axvline(t, color=c, ls="--", label=f"k = {t}: {np.mean(k > t):.1%} above")
@@ -132,7 +144,7 @@ def plot_compare(path, table: list[dict]) -> None:
     best with ±2 *paired* s.e., in the style of ArviZ's ``plot_compare``."""
     names = [r["run"] for r in table][::-1]
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    fig, ax = new_figure((7, 0.5 * len(names) + 1.5))
     means = np.array([r["nats_per_image"] for r in table][::-1])
     ax.errorbar(means, y, xerr=2 * np.array([r["se"] for r in table][::-1]), fmt="o", color="k",
                 mfc="white", capsize=3, label="log p(x) ± 2 s.e.")

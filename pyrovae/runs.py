@@ -1,80 +1,77 @@
-"""Run folders: config, per-epoch metrics, checkpoints and pictures, written atomically.
+"""A run: its configuration turned into data, model and trainer, and the folder it lives in.
+
+The factories :func:`load_run_data`, :func:`~pyrovae.models.build_model` and
+:func:`build_trainer` are what ``pyrovae train`` calls, so a Python user who starts from a
+:class:`~pyrovae.config.RunConfig` gets the same data, model and defaults as the CLI.
 
 A run folder holds
 
-* ``config.json`` -- everything needed to rebuild the model and continue training;
+* ``config.json`` -- the :class:`~pyrovae.config.RunConfig`, enough to rebuild the model and
+  continue training;
 * ``metrics.csv`` -- one row per epoch (bounds in nats per datapoint, higher is better);
-* ``checkpoint.pt`` -- parameters, optimiser and schedule state, epoch, history and RNG
-  state; a plain dict of tensors loaded with ``torch.load(weights_only=True)``;
-* PNG pictures (see :mod:`pyrovae.plots`).
+* ``checkpoint.pt`` -- module parameters, trainer state (optimiser, schedule, step, RNG); a
+  plain dict of tensors loaded with ``torch.load(weights_only=True)``;
+* PNG pictures (the model's ``write_pictures``).
 
-Every file is written to a temporary name in the same folder and renamed into place, so an
-interrupted run never leaves half a file behind.
+Every file is written atomically (:mod:`pyrovae.io`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .models import VAE
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from .config import ConfigError, RunConfig
+from .data import ImageData, load_dataset
+from .infer import Trainer
+from .io import atomic_write
+from .models import build_model
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 
-# VAE constructor arguments stored in a run's config
-MODEL_KEYS = (
-    "data_dim", "latent_dim", "hidden", "activation", "arch", "likelihood", "prior",
-    "image_shape", "likelihood_options", "prior_options",
-)
+
+def load_run_data(config: RunConfig) -> tuple[ImageData, ImageData]:
+    """The (train, held-out) images a config describes, in its data space (``None``: the
+    model's). The embedded digits are split 1,000 (or ``heldout_size``) / the rest; MNIST and
+    Fashion-MNIST use their test split (cut to ``heldout_size``)."""
+    space, levels = config.data_space, config.levels
+    if config.dataset == "embedded":
+        data = load_dataset("embedded").with_space(space, levels)
+        train, heldout = data.split(config.heldout_size or 1000, seed=0)
+    else:
+        train = load_dataset(config.dataset, "train", config.data_dir).with_space(space, levels)
+        heldout = load_dataset(config.dataset, "test", config.data_dir).with_space(space, levels)
+        if config.heldout_size:
+            heldout = heldout.subset(slice(0, config.heldout_size))
+    if config.train_size:
+        train = train.subset(slice(0, config.train_size))
+    return train, heldout
 
 
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def build_trainer(model, config: RunConfig) -> Trainer:
+    """The trainer a config describes, for a model built by :func:`~pyrovae.models.build_model`."""
+    prior = getattr(model, "prior", None)
+    if config.objective == "meanfield" and prior is not None and not getattr(prior, "closed_form_kl", True):
+        raise ConfigError(
+            f"objective='meanfield' needs KL(q || p) in closed form, which Pyro has not for the "
+            f"{prior.name!r} prior; use objective='elbo' (Monte Carlo KL) or 'iwae'"
+        )
+    return Trainer(
+        model.model,
+        model.guide,
+        objective=config.objective,
+        num_particles=config.particles,
+        lr=config.lr,
+        lr_decay=config.lr_decay,
+        clip_norm=config.clip_norm,
+        jit=config.jit,
+    )
 
 
-def write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
-def save_checkpoint(run_dir: str | Path, trainer_state: dict[str, Any]) -> None:
-    atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(trainer_state, f))
+def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> None:
+    atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -84,23 +81,14 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a pyrovae run folder?")
-    return json.loads(path.read_text())
+def load_config(run_dir: str | Path) -> RunConfig:
+    return RunConfig.load(Path(run_dir) / CONFIG)
 
 
-def vae_from_config(config: dict[str, Any]) -> VAE:
-    """A fresh VAE with the architecture a run's config records."""
-    kwargs = {k: config[k] for k in MODEL_KEYS if k in config}
-    return VAE(**kwargs)
-
-
-def load_vae(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[VAE, dict]:
-    """The trained VAE of a run folder (parameters from its checkpoint) and its config."""
+def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, RunConfig]:
+    """The trained model of a run folder (parameters from its checkpoint) and its config."""
     config = load_config(run_dir)
-    vae = vae_from_config(config)
+    model = build_model(config)
     state = load_checkpoint(run_dir, map_location)
-    vae.load_state_dict(state["module"])
-    return vae.to(map_location), config
+    model.load_state_dict(state["module"])
+    return model.to(map_location), config

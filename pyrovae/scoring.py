@@ -81,7 +81,7 @@ class Scored:
         cls, name: str, res, data_space: str, *, levels: int | None = None, dataset: str = "",
         heldout_seed: int | None = None, likelihood: str = "", prior: str = "",
     ) -> Scored:
-        """From a :class:`~pyrovae.importance.MarginalLikelihood` of ``(N, D)`` data in ``data_space``."""
+        """From a :class:`~pyrovae.infer.MarginalLikelihood` of ``(N, D)`` data in ``data_space``."""
         data_dim = res.extras.get("data_dim")
         if data_dim is None:
             raise ValueError("the result does not record the data dimension; pass data from log_marginal_likelihood")
@@ -230,20 +230,22 @@ def fit_and_score(
 ) -> Scored:
     """Train ``vae`` on ``train`` and score test log p(x) on its scale (for comparisons).
 
-    ``train`` and ``test`` are :class:`~pyrovae.data.ImageData` in the data space the
-    likelihood scores; the test observations are drawn once with ``seed`` (binarisation or
-    dequantisation noise), so runs with the same seed and space see the same test points.
+    ``train`` and ``test`` are :class:`~pyrovae.data.ImageData`, observed in the likelihood's
+    data space (``vae.prepare_data``); the test observations are drawn once with ``seed``
+    (binarisation or dequantisation noise), so runs with the same seed and space see the same
+    test points.
     """
     import pyro
 
     from .data import heldout_generator, heldout_seed
-    from .importance import log_marginal_likelihood
+    from .infer import log_marginal_likelihood
     from .infer import train as train_pair
 
+    test = vae.prepare_data(test)
     pyro.set_rng_seed(seed)
     x_test = test.observations(heldout_generator(seed))
     train_pair(vae.model, vae.guide, train, x_test, epochs=epochs, seed=seed, progress=progress, verbose=False,
-               check_data=vae.check_data, **trainer_options)
+               **trainer_options)
     pyro.set_rng_seed(seed)
     res = log_marginal_likelihood(vae.model, vae.guide, x_test, num_samples=num_samples, progress=progress,
                                   khat_warn_share=1.0)

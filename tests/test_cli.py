@@ -31,7 +31,8 @@ def test_train_writes_every_file(run2d):
     for name in ("reconstructions.png", "samples.png", "curves.png", "latent.png", "manifold.png"):
         assert _png_ok(run2d / name), name
     config = json.loads((run2d / "config.json").read_text())
-    assert config["latent_dim"] == 2 and config["data_space"] == "binary-dynamic"
+    assert config["model_options"]["latent_dim"] == 2 and config["data_space"] == "binary-dynamic"
+    assert config["data_dim"] == 784 and config["image_shape"] == [28, 28]  # read from the data
     rows = list(csv.DictReader((run2d / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(float(r["heldout_elbo"]) < 0 for r in rows)
@@ -103,6 +104,25 @@ def test_readme_example_runs():
     assert scope["summary"]["num_datapoints"] == 1000 and scope["summary"]["mean_log_px"] < 0
 
 
+def test_readme_swap_example_observes_the_images_in_the_likelihoods_space():
+    """The README's second block, after the first one's data, on 600 digits for 1 epoch."""
+    import re
+    from pathlib import Path
+
+    import pyrovae
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[1].replace("epochs=10", "epochs=1")
+    train, test = pyrovae.load_embedded_mnist().split(1000)
+    scope = {"pyrovae": pyrovae, "train": train.subset(slice(0, 600)), "test": test.subset(slice(0, 100))}
+    exec(compile(code, "README.md", "exec"), scope)
+    vae, record = scope["vae"], scope["trainer"].history[-1]
+    assert vae.prepare_data(train).space == "levels" and vae.prepare_data(train).levels == 16
+    # a 16-level categorical over 784 pixels starts near -784 log 16 = -2174 nats; binarised
+    # digits would score near zero
+    assert -2200 < record["heldout_elbo"] < -500
+
+
 def test_evaluate_writes_summary_csv_and_khat_picture(run2d, capsys):
     assert main(["evaluate", str(run2d), "--num-samples", "50", "--max-datapoints", "100", "--no-progress"]) == 0
     summary = json.loads((run2d / "evaluation-K50.json").read_text())
@@ -149,7 +169,8 @@ def test_categorical_levels_with_vamp_prior_trains_and_draws_pictures(tmp_path):
             "--out", str(run), *FAST]
     assert main(args) == 0
     config = json.loads((run / "config.json").read_text())
-    assert config["likelihood_options"] == {"levels": 8} and config["prior_options"]["input_range"] == [0.0, 7.0]
+    options = config["model_options"]
+    assert options["likelihood_options"] == {"levels": 8} and options["prior_options"]["input_range"] == [0.0, 7.0]
     for name in ("reconstructions.png", "samples.png", "manifold.png"):
         assert _png_ok(run / name), name
     assert main(["evaluate", str(run), "--num-samples", "30", "--max-datapoints", "50", "--no-progress"]) == 0

@@ -7,7 +7,7 @@ import torch
 from pyro import poutine
 
 import pyrovae
-from pyrovae.likelihoods import IndependentBernoulli
+from pyrovae.distributions import IndependentBernoulli
 
 
 def traces(vae, x):
@@ -95,7 +95,8 @@ def test_bad_data_is_refused_before_training(binary_split):
     nan = train.observations(torch.Generator().manual_seed(0))[:100].clone()
     nan[5, 10] = float("nan")
     cases = [
-        (grey, "Bernoulli likelihood needs binary data.*binary-dynamic"),
+        (grey, "bernoulli likelihood scores data in space 'binary-dynamic'.*with_space"),
+        (grey.observations()[:100], "Bernoulli likelihood needs binary data.*binary-dynamic"),
         (nan, "NaN"),
         (torch.zeros(10, 28, 28), r"shape \(N, D\)"),
         (torch.zeros(10, 100), "expects 784"),
@@ -128,3 +129,37 @@ def test_fast_tanh_equals_torch_tanh_in_value_and_gradient():
     leaf = x.clone().requires_grad_()
     Tanh()(leaf).sum().backward()
     assert torch.allclose(leaf.grad, 1 - torch.tanh(x) ** 2, rtol=0, atol=1e-6)
+
+
+def test_predictive_on_the_model_draws_real_samples():
+    """Before: Predictive(vae.model) returned the data and model(None) failed."""
+    from pyro import poutine
+    from pyro.infer import Predictive
+
+    vae = pyrovae.VAE(latent_dim=3, hidden=(16,))
+    prior = Predictive(vae.model, num_samples=7)()
+    assert prior["x"].shape == (7, 1, 784) and prior["z"].shape == (7, 1, 3)
+    assert set(prior["x"].unique().tolist()) == {0.0, 1.0}  # Bernoulli draws, not means
+    wide = Predictive(vae.model, num_samples=4, parallel=True)(None, num_datapoints=5)
+    assert wide["x"].shape == (4, 5, 784)
+    x = torch.bernoulli(torch.full((5, 784), 0.3))
+    posterior = Predictive(poutine.uncondition(vae.model), guide=vae.guide, num_samples=6)(x)
+    assert posterior["x"].shape == (6, 5, 784) and not torch.equal(posterior["x"][0], x)
+    means, draws = vae.generate(10), vae.generate(10, sample=True)
+    assert ((means > 0) & (means < 1)).all() and set(draws.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_a_vae_observes_image_data_in_its_likelihoods_space(embedded):
+    """Before: a categorical VAE trained on binarised digits passed every check."""
+    vae = pyrovae.VAE(latent_dim=2, hidden=(16,), likelihood="categorical", likelihood_options={"levels": 16})
+    digits = embedded.subset(slice(0, 300))
+    seen = []
+    pyrovae.train(vae.model, vae.guide, digits, epochs=1, progress=False, verbose=False,
+                  prepare_data=vae.prepare_data, check_data=lambda x, what: seen.append(x))
+    assert seen[0].max() == 15 and (seen[0] == seen[0].round()).all()  # 16 grey levels
+    with pytest.raises(pyrovae.DataError, match=r"scores data in space 'levels'.*with_space\('levels', 16\)"):
+        pyrovae.train(vae.model, vae.guide, digits.with_space("binary-dynamic"), epochs=1, progress=False)
+    with pytest.raises(pyrovae.DataError, match="has 16 levels but .* quantised to 8"):
+        pyrovae.train(vae.model, vae.guide, digits.with_space("levels", 8), epochs=1, progress=False)
+    dequantized = pyrovae.VAE(latent_dim=2, hidden=(16,), likelihood="beta").prepare_data(digits)
+    assert dequantized.space == "dequantized"

@@ -1,4 +1,4 @@
-r"""Per-datapoint importance sampling: log-weights, the IWAE bound and :math:`\log p(x)`.
+r"""Per-datapoint importance sampling: log-weights and :math:`\log p(x)` with error bars.
 
 For a model :math:`p(x, z)` and a guide :math:`q(z \mid x)` that factorise over the rows of
 ``x`` (the ``data`` plate), draw :math:`z_{ik} \sim q(z \mid x_i)` for :math:`k = 1..K` and set
@@ -18,15 +18,28 @@ the model is replayed on the guide's trace, and each site's log-probability is s
 every dimension *except* the particle dimension and the data-plate dimension, giving a
 ``(K, N)`` array of weights: one importance sampler per datapoint.
 
+**Enumerated discrete latents.** A model site marked ``infer={"enumerate": "parallel"}`` that
+the guide does not sample (a mixture's class :math:`c`) is summed out exactly inside each
+weight, by Pyro's enumeration and its plated tensor contraction (the machinery of
+``TraceEnum_ELBO``):
+
+.. math::
+
+    \log w_{ik} = \log \sum_c p(c)\, p(z_{ik} \mid c)\, p(x_i \mid z_{ik}, c) - \log q(z_{ik} \mid x_i).
+
 **Contract** for ``model(x, *args, **kwargs)`` and ``guide(x, *args, **kwargs)``:
 
 * ``x`` (the first positional argument) has one row per datapoint, and both functions put
   their per-datapoint sites inside ``pyro.plate(plate_name, x.shape[0])`` (no subsampling);
-* every latent site of the model is sampled by the guide, inside that plate, and every
-  observed site is inside it too (global latents would couple the datapoints);
-* no site is enumerated (``infer={"enumerate": ...}``): discrete latents must be *sampled*
-  by the guide;
-* tensors in other arguments are passed whole to every chunk.
+* every other *positional* tensor whose dim 0 equals ``x.shape[0]`` is per-datapoint too (e.g.
+  ``y`` in ``model(x, y)``, a condition or a label) and is chunked with ``x``; keyword
+  arguments and other positional values are passed whole to every chunk;
+* every latent site of the model is sampled by the guide, inside that plate, or is a discrete
+  model site enumerated in parallel and summed out; every observed site is inside the plate
+  too (global latents would couple the datapoints);
+* the guide enumerates nothing;
+* ``poutine.scale`` factors (β, annealing) are ignored: they weight a training objective,
+  they are not part of :math:`p(x)` (see :mod:`pyrovae.infer.handlers`).
 
 A pair that breaks the contract gets a :class:`ContractError` naming the site and the fix.
 """
@@ -35,6 +48,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,8 +56,13 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import is_validation_enabled
+from pyro.distributions.util import is_validation_enabled, scale_and_mask
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.rings import LogRing
 from pyro.poutine.util import site_is_subsample
+
+from .handlers import cuda_devices
 
 PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's vectorised ELBOs use
 # PSIS fits the largest min(K/5, 3 sqrt(K)) weights; ArviZ 1.x needs at least 5 of them
@@ -60,8 +79,9 @@ def _site_frames(site) -> dict[str, object]:
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
-    """The number of plate dimensions the pair uses, from one blocked trace of each."""
-    with poutine.block(), torch.no_grad():
+    """The number of plate dimensions the pair uses, from one blocked trace of each (its random
+    numbers drawn from a forked generator: checks leave the caller's stream alone)."""
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda_devices(args)):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
@@ -80,10 +100,17 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -
 def _check_site(site, role: str, plate_name: str, num_rows: int) -> int:
     """Contract checks for one site; returns the data plate's dim."""
     name = site["name"]
-    if site["infer"].get("enumerate"):
+    how = site["infer"].get("enumerate")
+    if how and role == "guide":
         raise ContractError(
-            f"{role} site {name!r} is enumerated; importance sampling needs discrete latents "
-            "sampled by the guide (drop infer={'enumerate': ...} or sum them out in the model)"
+            f"guide site {name!r} is enumerated; importance sampling needs a guide that samples "
+            "its latents: drop infer={'enumerate': ...} there (a discrete latent the guide does "
+            "not propose can be enumerated in the model instead, and is then summed out)"
+        )
+    if how and how != "parallel":
+        raise ContractError(
+            f"model site {name!r} is enumerated {how!r}; only parallel enumeration is summed out: "
+            "use infer={'enumerate': 'parallel'}"
         )
     frame = _site_frames(site).get(plate_name)
     if frame is None:
@@ -127,10 +154,12 @@ def _site_log_probs(model_trace, guide_trace, plate_name: str, num_rows: int):
                 continue
             if not site["is_observed"]:
                 other, other_role = (guide_trace, "guide") if role == "model" else (model_trace, "model")
-                if name not in other:
+                summed_out = role == "model" and site["infer"].get("enumerate") and name not in other
+                if name not in other and not summed_out:
                     raise ContractError(
                         f"latent site {name!r} is sampled in the {role} but not in the {other_role}; "
-                        "the guide must propose exactly the model's latent variables"
+                        "the guide must propose exactly the model's latent variables (a discrete "
+                        "one may instead be enumerated in the model: infer={'enumerate': 'parallel'})"
                     )
             yield name, sign, site, _check_site(site, role, plate_name, num_rows)
 
@@ -141,12 +170,17 @@ def check_contract(model: Callable, guide: Callable, x: torch.Tensor, *args, pla
 
     Raises :class:`ContractError` naming the offending site; returns ``max_plate_nesting``.
     """
-    with poutine.block(), torch.no_grad():
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda_devices((x, *args))):
         try:
             guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
-        except ValueError as err:  # Pyro's own shape checks, e.g. a plate/batch mismatch
-            raise ContractError(f"the model/guide pair fails a plain run on x: {err}") from None
+        except (ValueError, RuntimeError) as err:  # Pyro's shape checks, torch's size errors
+            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+            raise ContractError(
+                f"the model/guide pair fails a plain run on {x.shape[0]} rows of x: {first}. Positional "
+                "tensors whose dim 0 is x's are cut into chunks with x; keyword arguments are passed "
+                "whole, so pass per-datapoint tensors positionally"
+            ) from None
         max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
         for name, _, site, _ in _site_log_probs(model_trace, guide_trace, plate_name, x.shape[0]):
             if len(site["fn"].batch_shape) > max_plate_nesting:
@@ -157,6 +191,11 @@ def check_contract(model: Callable, guide: Callable, x: torch.Tensor, *args, pla
     return max_plate_nesting
 
 
+def per_datapoint_args(args: tuple, num_rows: int, index: slice) -> tuple:
+    """``args`` with every tensor whose dim 0 is ``num_rows`` cut to the rows ``index``."""
+    return tuple(a[index] if torch.is_tensor(a) and a.dim() and a.shape[0] == num_rows else a for a in args)
+
+
 def log_importance_weights(
     model: Callable,
     guide: Callable,
@@ -165,82 +204,69 @@ def log_importance_weights(
     num_particles: int = 1,
     plate_name: str = "data",
     max_plate_nesting: int | None = None,
+    scaled: bool = False,
     **kwargs,
 ) -> torch.Tensor:
     r"""``(num_particles, N)`` tensor of :math:`\log p(x_i, z_{ik}) - \log q(z_{ik} \mid x_i)`.
 
     One vectorised trace: the guide runs once under a particle plate (so an amortised
-    encoder sees ``x`` once), the model is replayed on it. Differentiable when the guide's
-    sites are reparameterised; see the module docstring for the contract. Without
-    ``max_plate_nesting`` the contract is first checked on a plain run (:func:`check_contract`).
+    encoder sees ``x`` once), the model is replayed on it, with its enumerated sites summed
+    out. Differentiable when the guide's sites are reparameterised; see the module docstring
+    for the contract. Without ``max_plate_nesting`` the contract is first checked on a plain
+    run (:func:`check_contract`). ``scaled=True`` keeps the sites' ``poutine.scale`` factors
+    (a weighted training objective); by default they are dropped, as :math:`p(x)` has none.
     """
     if max_plate_nesting is None:
         max_plate_nesting = check_contract(model, guide, x, *args, plate_name=plate_name, **kwargs)
     particle_dim = -max_plate_nesting - 1
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
+        # replay outside enum, as in TraceEnum_ELBO: enum must see every site before replay
+        # marks it done, to record which enumerated dims its log-probability carries
+        enum_model = poutine.enum(model, first_available_dim=particle_dim - 1)
+        model_trace = poutine.trace(poutine.replay(enum_model, trace=guide_trace)).get_trace(x, *args, **kwargs)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
+    enumerated = any(
+        site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
+        for site in model_trace.nodes.values()
+    )
     log_w = x.new_zeros((num_particles, x.shape[0]))
     for name, sign, site, data_dim in _site_log_probs(model_trace, guide_trace, plate_name, x.shape[0]):
-        log_w = log_w + sign * _per_datapoint(site["log_prob"], particle_dim, data_dim, name)
+        if enumerated and sign > 0:
+            continue  # the model's sites are contracted together below
+        lp = site["log_prob"] if scaled else scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+        log_w = log_w + sign * _per_datapoint(lp, particle_dim, data_dim, name)
+    if enumerated:
+        log_w = log_w + _summed_out_log_joint(model_trace, plate_name, particle_dim, scaled)
     return log_w
 
 
-class IWAE:
-    r"""The importance-weighted bound :math:`\mathcal{L}_K` as a training objective.
-
-    .. math::
-
-        \mathcal{L}_K(x) = E\Big[\log \frac1K \sum_{k=1}^K w_k\Big], \qquad
-        w_k = \frac{p(x, z_k)}{q(z_k \mid x)}, \; z_k \sim q(z \mid x)
-
-    (Burda et al. 2016). ``differentiable_loss`` returns :math:`-\sum_i \hat{\mathcal{L}}_K(x_i)`
-    with the reparameterised gradient; it equals Pyro's ``RenyiELBO(alpha=0)`` in value and
-    gradient, with the particles vectorised and without its per-particle Python loop.
-    """
-
-    def __init__(
-        self, num_particles: int = 5, plate_name: str = "data", max_plate_nesting: int | None = None
-    ) -> None:
-        self.num_particles = num_particles
-        self.plate_name = plate_name
-        self.max_plate_nesting = max_plate_nesting
-        self._checked = False
-
-    def _check_reparam(self, model, guide, args, kwargs) -> None:
-        with poutine.block(), torch.no_grad():
-            tr = poutine.trace(guide).get_trace(*args, **kwargs)
-        for name, site in tr.nodes.items():
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-                if not getattr(site["fn"], "has_rsample", False):
-                    raise ContractError(
-                        f"the IWAE objective needs reparameterised guide sites, but {name!r} "
-                        f"({type(site['fn']).__name__}) has no rsample; use objective 'elbo' "
-                        "(score-function gradients) or a relaxed distribution"
-                    )
-        if self.max_plate_nesting is None:
-            self.max_plate_nesting = check_contract(model, guide, *args, plate_name=self.plate_name, **kwargs)
-        self._checked = True
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
-        if not self._checked:
-            self._check_reparam(model, guide, args, kwargs)
-        log_w = log_importance_weights(
-            model,
-            guide,
-            *args,
-            num_particles=self.num_particles,
-            plate_name=self.plate_name,
-            max_plate_nesting=self.max_plate_nesting,
-            **kwargs,
-        )
-        return -(torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
-
-    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+def _summed_out_log_joint(model_trace, plate_name: str, particle_dim: int, scaled: bool) -> torch.Tensor:
+    r"""``(K, N)``: :math:`\log \sum_c p(x_i, z_{ik}, c)` over the model's enumerated sites ``c``,
+    by Pyro's plated sum-product contraction (products over nested plates, sums over values)."""
+    model_trace.pack_tensors()
+    symbol = model_trace.plate_to_symbol
+    tree: OrderedDict = OrderedDict()
+    sum_dims: set[str] = set()
+    sizes: dict[str, int] = {}  # every dim's size, also where packing dropped a size-1 dim
+    data_dim = None
+    for site in model_trace.nodes.values():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        p = site["packed"]
+        lp = p["log_prob"] if scaled else packed.scale_and_mask(p["unscaled_log_prob"], mask=p["mask"])
+        frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+        tree.setdefault(frozenset(symbol[f.name] for f in frames), []).append(lp)
+        sizes.update({symbol[f.name]: f.size for f in frames})
+        sizes.update(zip(lp._pyro_dims, lp.shape))
+        data_dim = next(f.dim for f in frames if f.name == plate_name)
+        if site["infer"].get("_enumerate_symbol") is not None:
+            sum_dims.add(site["infer"]["_enumerate_symbol"])
+    target = frozenset(symbol[name] for name in (plate_name, PARTICLE_PLATE))
+    joint = contract_to_tensor(tree, sum_dims, target_ordinal=target, ring=LogRing(dim_to_size=sizes))
+    joint = packed.unpack(joint, model_trace.symbol_to_dim)
+    return _per_datapoint(joint, particle_dim, data_dim, "the model's joint")
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,6 +399,9 @@ def log_marginal_likelihood(
 
     :param model, guide: any Pyro pair that follows the contract in this module's docstring.
     :param x: data, one row per datapoint; split into chunks along dim 0.
+    :param args: further positional arguments of the pair; tensors whose dim 0 equals
+        ``x.shape[0]`` (conditions, labels) are chunked with ``x``, the rest passed whole.
+    :param kwargs: keyword arguments of the pair, passed whole to every chunk.
     :param chunk_size: most (particle, datapoint) pairs evaluated in one trace; bounds memory.
         Default ``2**12``: a pass's tensors then stay in the CPU's caches, which was the
         fastest on our benchmark (docs/benchmarks.md); raise it on a GPU.
@@ -386,7 +415,8 @@ def log_marginal_likelihood(
     num_rows = x.shape[0]
     rows, particles = _chunk_sizes(num_rows, num_samples, chunk_size or DEFAULT_CHUNK_SIZE)
     if max_plate_nesting is None:
-        max_plate_nesting = check_contract(model, guide, x[:rows], *args, plate_name=plate_name, **kwargs)
+        first = per_datapoint_args(args, num_rows, slice(0, rows))
+        max_plate_nesting = check_contract(model, guide, x[:rows], *first, plate_name=plate_name, **kwargs)
     out = {k: [] for k in ("log_px", "stderr", "ess", "khat", "elbo")}
     show = progress if progress is not None else num_rows * num_samples >= 5_000_000
     from tqdm.auto import tqdm
@@ -398,6 +428,7 @@ def log_marginal_likelihood(
             # the first chunk; on every chunk they would cost ~10% of the time.
             validate = start == 0 and is_validation_enabled()
             xb = x[start : start + rows]
+            args_b = per_datapoint_args(args, num_rows, slice(start, start + rows))
             chunks = []
             for k in range(0, num_samples, particles):
                 with pyro.validation_enabled(validate and k == 0):
@@ -405,7 +436,7 @@ def log_marginal_likelihood(
                         model,
                         guide,
                         xb,
-                        *args,
+                        *args_b,
                         num_particles=min(particles, num_samples - k),
                         plate_name=plate_name,
                         max_plate_nesting=max_plate_nesting,

@@ -1,0 +1,42 @@
+"""``pyrovae sample``: draws from a trained run's model, as a PNG grid (and a tensor)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_write
+from ..plots import plot_samples
+from ..runs import load_model
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "sample", help="draw images from a trained run's model",
+        description="Decode z ~ p(z) with a run's trained decoder and save the grid of E[x|z] "
+        "(or of draws x ~ p(x|z) with --draws) as PNG.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", help="run folder written by `pyrovae train`")
+    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
+    p.add_argument("--draws", action="store_true", help="draw x ~ p(x|z) instead of showing E[x|z]")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/samples-seed<seed>.png)")
+    p.add_argument("--save-tensor", default=None, metavar="PATH", help="also save the samples as a .pt tensor")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args) -> None:
+    model, config = load_model(args.run)
+    torch.manual_seed(args.seed)
+    images = model.generate(args.num, sample=args.draws)
+    out = Path(args.out) if args.out else Path(args.run) / f"samples-seed{args.seed}.png"
+    what = "draws x ~ p(x | z)" if args.draws else "E[x | z]"
+    plot_samples(
+        out, model.to_picture(images), config.image_shape, f"{args.num} samples ({what}), seed {args.seed}"
+    )
+    if args.save_tensor:
+        atomic_write(args.save_tensor, lambda f: torch.save(images, f))
+    print(f"wrote {out}")

@@ -1,0 +1,199 @@
+"""``pyrovae train``: flags -> :class:`~pyrovae.config.RunConfig` -> a trained run folder."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from ..config import DEFAULTS, RunConfig
+from ..data import DATA_ENV, DATA_SPACES, DATASETS, as_tensors
+from ..infer import OBJECTIVES, Trainer
+from ..io import write_csv
+from ..likelihoods import LIKELIHOODS
+from ..models import MODELS, build_model, model_entry
+from ..nets import ACTIVATIONS
+from ..priors import PRIORS
+from ..runs import CONFIG, METRICS, build_trainer, load_checkpoint, load_config, load_run_data, save_checkpoint
+from .common import CLIError, describe, device, int_list, option, options_help
+
+# flags shared by the zoo's models: option name -> flag; given only when the user sets them,
+# so that each model's own constructor defaults apply otherwise
+MODEL_FLAGS = {
+    "latent_dim": "--latent-dim", "hidden": "--hidden", "activation": "--activation", "arch": "--arch",
+    "likelihood": "--likelihood", "prior": "--prior",
+}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model and write a run folder",
+        description="Train a model by SVI and write config.json, metrics.csv, checkpoint.pt and "
+        "PNG pictures into a run folder. Bounds are reported in nats per datapoint "
+        "(higher is better).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = p.add_argument_group("data")
+    d.add_argument(
+        "--dataset", default=DEFAULTS.dataset, choices=["embedded", *DATASETS],
+        help="'embedded' is the 10,000 MNIST digits shipped with pyrovae (offline); mnist and "
+        "fashion-mnist are read through torchvision",
+    )
+    d.add_argument(
+        "--data-dir", default=DEFAULTS.data_dir,
+        help=f"folder with torchvision's layout (MNIST/raw/*.gz); default: ${DATA_ENV}, else ~/.cache/pyrovae",
+    )
+    d.add_argument(
+        "--data-space", default=DEFAULTS.data_space, choices=DATA_SPACES,
+        help="how 8-bit images become observations; default: the model's own (for a VAE its "
+        "likelihood's: binary-dynamic for bernoulli, a fresh Bernoulli draw per pixel every epoch)",
+    )
+    d.add_argument("--levels", type=int, default=DEFAULTS.levels, help="grey levels for --data-space levels")
+    d.add_argument("--train-size", type=int, default=DEFAULTS.train_size, help="use only the first N training images")
+    d.add_argument(
+        "--heldout-size", type=int, default=DEFAULTS.heldout_size,
+        help="held-out images for the per-epoch ELBO: split off the embedded set (default 1000), "
+        "or the first N of the test split (default all 10,000)",
+    )
+    _add_model_arguments(p.add_argument_group("model (defaults: the model's own, shown for vae)"))
+    o = p.add_argument_group("optimisation")
+    o.add_argument(
+        "--objective", default=DEFAULTS.objective, choices=sorted(OBJECTIVES),
+        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (closed-form KL); enum: TraceEnum_ELBO "
+        "(enumerated discrete sites summed out); iwae: importance-weighted bound with --particles samples",
+    )
+    o.add_argument("--particles", type=int, default=DEFAULTS.particles, help="samples per datapoint (vectorised)")
+    o.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="total epochs (also when resuming)")
+    o.add_argument(
+        "--max-minutes", type=float, default=None,
+        help="stop at the first epoch end after this much training time (resume later with --resume)",
+    )
+    o.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="minibatch size")
+    o.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
+    o.add_argument(
+        "--lr-decay", type=float, default=DEFAULTS.lr_decay, help="multiply the learning rate by this after every epoch"
+    )
+    o.add_argument("--clip-norm", type=float, default=DEFAULTS.clip_norm, help="clip the gradient norm (off: None)")
+    o.add_argument("--no-jit", dest="jit", action="store_false", help="do not compile the loss with torch.jit.trace")
+    r = p.add_argument_group("run")
+    r.add_argument("--out", default=None, help="run folder (default: runs/<date>-<dataset>-<objective>)")
+    r.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder up to --epochs")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
+    r.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds weights, data order, binarisation and noise")
+    r.add_argument("--device", default=DEFAULTS.device, choices=["cpu", "cuda"], help="where to train")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=cmd_train, jit=DEFAULTS.jit)
+
+
+def _add_model_arguments(m) -> None:
+    vae = model_entry("vae").option_defaults()
+    zoo = "; ".join(f"{name}: {entry.summary}" for name, entry in sorted(MODELS.items()))
+    m.add_argument("--model", default=DEFAULTS.model, choices=sorted(MODELS), help=f"the model/guide pair ({zoo})")
+    unset = argparse.SUPPRESS  # absent unless given: the model's constructor default applies
+    m.add_argument("--latent-dim", type=int, default=unset, help=f"dimension of z (vae: {vae['latent_dim']})")
+    m.add_argument(
+        "--hidden", type=int_list, default=unset,
+        help=f"hidden widths of the encoder, comma-separated; the decoder mirrors them (vae: {vae['hidden']})",
+    )
+    m.add_argument(
+        "--activation", choices=sorted(ACTIVATIONS), default=unset,
+        help=f"nonlinearity of the hidden layers (vae: {vae['activation']})",
+    )
+    m.add_argument("--arch", choices=["mlp", "conv"], default=unset, help=f"network family (vae: {vae['arch']})")
+    m.add_argument(
+        "--likelihood", choices=sorted(LIKELIHOODS), default=unset, help=f"p(x|z) (vae: {vae['likelihood']})"
+    )
+    m.add_argument(
+        "--likelihood-opt", action="append", default=[], metavar="KEY=VALUE", type=option,
+        help="an option of the likelihood, repeatable; " + options_help(LIKELIHOODS),
+    )
+    m.add_argument("--prior", choices=sorted(PRIORS), default=unset, help=f"p(z) (vae: {vae['prior']})")
+    m.add_argument(
+        "--prior-opt", action="append", default=[], metavar="KEY=VALUE", type=option,
+        help="an option of the prior, repeatable; " + options_help(PRIORS, skip=("latent_dim",)),
+    )
+    m.add_argument(
+        "--model-opt", action="append", default=[], metavar="KEY=VALUE", type=option,
+        help="any other option of the model's constructor, repeatable",
+    )
+
+
+def config_from_args(args) -> RunConfig:
+    """The run configuration the flags describe (model options only where given)."""
+    options = {name: getattr(args, name) for name in MODEL_FLAGS if hasattr(args, name)}
+    if args.likelihood_opt:
+        options["likelihood_options"] = dict(args.likelihood_opt)
+    if args.prior_opt:
+        options["prior_options"] = dict(args.prior_opt)
+    options.update(dict(args.model_opt))
+    return RunConfig(
+        dataset=args.dataset, data_dir=args.data_dir, data_space=args.data_space, levels=args.levels,
+        train_size=args.train_size, heldout_size=args.heldout_size, model=args.model, model_options=options,
+        objective=args.objective, particles=args.particles, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm, jit=args.jit, seed=args.seed,
+        device=args.device, created=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+
+
+def _run_dir(args) -> Path:
+    if args.resume:
+        return Path(args.resume)
+    if args.out:
+        return Path(args.out)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{args.dataset}-{args.objective}"
+
+
+def cmd_train(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = _run_dir(args)
+    if args.resume:
+        config = load_config(run)
+        config.epochs = args.epochs
+    else:
+        if (run / CONFIG).exists() and not args.overwrite:
+            raise CLIError(f"{run} already holds a run; continue it with --resume {run}, or pass --overwrite")
+        config = config_from_args(args)
+    dev = device(config.device)
+    train, heldout = load_run_data(config)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    model = build_model(config, train).to(dev)
+    trainer = build_trainer(model, config)
+    print(describe(train, heldout, config.data_space))
+    # Check data before anything is written, so a bad input leaves no run folder behind.
+    first = as_tensors(model.prepare_data(train), torch.Generator().manual_seed(0), dev, "training data")
+    model.check_data(*first, what="training data")
+    if args.resume:
+        _resume(run, model, trainer, first, config, dev)
+    config.save(run / CONFIG)
+
+    def save(tr: Trainer, record: dict) -> None:
+        save_checkpoint(run, {"trainer": tr.state_dict(), "module": model.state_dict()})
+        write_csv(run / METRICS, tr.history)
+
+    start = time.perf_counter()
+    trainer.fit(
+        train, heldout, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=dev,
+        progress=args.progress, callback=save, max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+    )
+    model.write_pictures(run, heldout, trainer.history, config.seed)
+    last = trainer.history[-1] if trainer.history else {}
+    print(
+        f"done in {time.perf_counter() - start:.0f} s: held-out ELBO "
+        f"{last.get('heldout_elbo', float('nan')):.2f} nats/image after {trainer.epoch} epochs; run folder {run}"
+    )
+
+
+def _resume(run: Path, model, trainer: Trainer, first, config: RunConfig, dev) -> None:
+    state = load_checkpoint(run, dev)
+    model.load_state_dict(state["module"])
+    trainer.load_state_dict(state["trainer"], *(t[: config.batch_size] for t in first))
+    print(f"resuming {run} after epoch {trainer.epoch}")

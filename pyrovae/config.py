@@ -1,0 +1,110 @@
+"""One typed description of a run: data, model, optimisation. Written as ``config.json``.
+
+:class:`RunConfig` is what ``pyrovae train`` builds from its flags and what Python users build
+directly; :func:`pyrovae.runs.build_model` and :func:`pyrovae.runs.build_trainer` turn it into
+objects, so both get the same defaults. The model's own options live in ``model_options`` (a
+dict passed to the registered model's constructor), not as a mirror of each model's arguments.
+Data dimensions are read from the data when the run starts, not assumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+
+# keys that pyrovae 0.1 kept at the top of config.json and now live in model_options
+_V01_MODEL_KEYS = (
+    "latent_dim", "hidden", "activation", "arch", "likelihood", "prior", "likelihood_options", "prior_options",
+)
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used as written."""
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a run's model and continue its training.
+
+    Data: ``dataset`` (``embedded``, ``mnist``, ``fashion-mnist``), ``data_dir``,
+    ``data_space`` (``None``: the model's own), ``levels``, ``train_size``, ``heldout_size``.
+    Model: ``model`` (a name in :data:`pyrovae.models.MODELS`) and ``model_options``.
+    Optimisation: ``objective``, ``particles``, ``epochs``, ``batch_size``, ``lr``, ``lr_decay``,
+    ``clip_norm``, ``jit``, ``seed``, ``device``. ``data_dim`` and ``image_shape`` are filled in
+    from the data.
+    """
+
+    dataset: str = "embedded"
+    data_dir: str | None = None
+    data_space: str | None = None
+    levels: int = 256
+    train_size: int | None = None
+    heldout_size: int | None = None
+    model: str = "vae"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    objective: str = "elbo"
+    particles: int = 1
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_decay: float = 1.0
+    clip_norm: float | None = None
+    jit: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    data_dim: int | None = None
+    image_shape: list[int] | None = None
+    pyrovae_version: str = __version__
+    created: str = ""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 0, "batch_size": self.batch_size >= 1, "particles": self.particles >= 1,
+            "lr": self.lr > 0, "lr_decay": self.lr_decay > 0, "levels": self.levels >= 2,
+            "clip_norm": self.clip_norm is None or self.clip_norm > 0,
+            "train_size": self.train_size is None or self.train_size >= 1,
+            "heldout_size": self.heldout_size is None or self.heldout_size >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(", ".join(f"{k}={getattr(self, k)!r}" for k in bad) + " is out of range")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """From :meth:`to_dict` output, or a pyrovae 0.1 ``config.json`` (flat model keys)."""
+        values = dict(values)
+        if "model_options" not in values:  # pyrovae 0.1: the VAE's arguments at the top level
+            values["model_options"] = {k: values.pop(k) for k in _V01_MODEL_KEYS if k in values}
+            values.setdefault("model", "vae")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}; known: {sorted(names)}")
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        from .io import write_json
+
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: is {path.parent} a pyrovae run folder?")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON ({err})") from None
+        return cls.from_dict(values)
+
+
+DEFAULTS = RunConfig()

@@ -1,0 +1,46 @@
+"""Inference for any Pyro model/guide pair: SVI training, objectives, importance sampling.
+
+* :mod:`.trainer` -- :class:`Trainer` and :func:`train` (minibatches, epochs, checkpoints);
+* :mod:`.objectives` -- the objective registry and :class:`IWAE`;
+* :mod:`.jit` -- the compiled loss, checked against the eager one;
+* :mod:`.factors` -- named per-step factors (β, warm-up) and their schedules;
+* :mod:`.handlers` -- the pair without training weights (:func:`unscaled`);
+* :mod:`.importance` -- per-datapoint importance weights and :func:`log_marginal_likelihood`.
+"""
+
+from .factors import clear_factors, constant, cyclical, factor, factors, linear, set_factor
+from .handlers import unscaled
+from .importance import (
+    ContractError,
+    MarginalLikelihood,
+    check_contract,
+    log_importance_weights,
+    log_marginal_likelihood,
+    psis_khat,
+)
+from .objectives import IWAE, OBJECTIVES, make_objective, register_objective
+from .trainer import Trainer, TrainingError, train
+
+__all__ = [
+    "IWAE",
+    "OBJECTIVES",
+    "ContractError",
+    "MarginalLikelihood",
+    "Trainer",
+    "TrainingError",
+    "check_contract",
+    "clear_factors",
+    "constant",
+    "cyclical",
+    "factor",
+    "factors",
+    "linear",
+    "log_importance_weights",
+    "log_marginal_likelihood",
+    "make_objective",
+    "psis_khat",
+    "register_objective",
+    "set_factor",
+    "train",
+    "unscaled",
+]

@@ -1,0 +1,137 @@
+"""The loss compiled by ``torch.jit.trace``, checked against the eager loss, eager when it must.
+
+A trace records the tensor operations of one run and replays them, which removes Pyro's
+per-step Python cost (docs/benchmarks.md). What a trace cannot follow -- Python control flow
+on data, a Python number that changes later -- is caught by comparing the compiled loss with
+the eager one on the same random numbers: on the first two calls of each input shape and on
+the first call of every epoch (:meth:`TracedLoss.recheck`). Any failure to trace, to run or
+to agree makes it warn, naming the cause, and stay eager from then on; it never stops
+training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro import poutine
+
+from .factors import factors
+
+
+class TracedLoss:
+    """``fn(*tensors)`` compiled per input shape, with parameters and factors as graph inputs.
+
+    The parameters and the named factors (:mod:`pyrovae.infer.factors`) are passed as explicit
+    inputs so that the graph reads the live tensors (updated in place by the optimiser and the
+    schedules) instead of baking their first values in as constants.
+    """
+
+    VERIFY_CALLS = 2
+
+    def __init__(self, fn: Callable, params: list[torch.Tensor]) -> None:
+        self.fn, self.params = fn, params
+        self.graphs: dict[tuple, Callable | None] = {}
+        self.checks: dict[tuple, int] = {}
+        self.failed = False
+        self.reason: str | None = None
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if self.failed:
+            return self.fn(*tensors)
+        named = factors()
+        key = (tuple(named), *((t.shape, t.dtype, t.device) for t in tensors))
+        if key not in self.graphs:
+            self.graphs[key] = self._trace(tensors, list(named.values()))
+            self.checks[key] = 0
+        graph = self.graphs[key]
+        inputs = (*self.params, *named.values(), *tensors)
+        if graph is not None and self.checks[key] < self.VERIFY_CALLS:
+            self.checks[key] += 1
+            self._verify(graph, inputs, tensors)
+        out = None if graph is None or self.failed else self._run(graph, inputs)
+        return self.fn(*tensors) if out is None else out
+
+    def recheck(self) -> None:
+        """Compare each graph with the eager loss again on its next call (e.g. every epoch,
+        after a callback may have changed a Python number the model reads)."""
+        for key in self.checks:
+            self.checks[key] = min(self.checks[key], self.VERIFY_CALLS - 1)
+
+    def _run(self, graph, inputs) -> torch.Tensor | None:
+        try:
+            return graph(*inputs)
+        except Exception as err:  # e.g. a shape the trace froze
+            self._give_up(f"the jit-traced loss failed ({_cause(err)}). Training without jit.")
+            return None
+
+    def _give_up(self, message: str) -> None:
+        warnings.warn(message, stacklevel=5)
+        self.failed, self.reason = True, message
+
+    def _trace(self, tensors, factor_tensors) -> Callable | None:
+        skip = len(self.params) + len(factor_tensors)
+
+        def flat(*inputs):
+            return self.fn(*inputs[skip:])
+
+        # Tracing runs the loss once; fork the generator so that compiling (e.g. after a
+        # resume) does not shift the random numbers training sees.
+        with warnings.catch_warnings(), pyro.validation_enabled(False), poutine.block(), \
+                torch.random.fork_rng(devices=_devices(tensors[0])):
+            warnings.simplefilter("ignore")  # Pyro's tracer warnings and jit's deprecation notice
+            try:
+                return torch.jit.trace(flat, (*self.params, *factor_tensors, *tensors), check_trace=False)
+            except Exception as err:  # a pair tracing cannot follow: stay eager
+                failure = err
+        # outside the block above, which silences warnings, so that the user sees this one
+        self._give_up(f"jit tracing failed, training without it ({_cause(failure)})")
+        return None
+
+    def _verify(self, graph, inputs, tensors) -> None:
+        """Give up on ``graph`` unless it matches the eager loss on the same random numbers."""
+        # with gradients on: some objectives (TraceEnum_ELBO) refuse a loss without them
+        with torch.random.fork_rng(devices=_devices(tensors[0])):
+            state = rng_state(tensors[0])
+            with poutine.block():
+                eager = self.fn(*tensors)  # an error here is the pair's own: let it through
+            set_rng_state(tensors[0], state)
+            compiled = self._run(graph, inputs)
+        if compiled is None:
+            return
+        eager, compiled = eager.detach(), compiled.detach()
+        if compiled.shape != eager.shape or not torch.allclose(eager, compiled, rtol=1e-4, atol=1e-3):
+            self._give_up(
+                "the jit-traced loss differs from the eager one on the same random numbers "
+                f"({_value(compiled)} vs {_value(eager)}): the model or guide has Python control "
+                "flow on data, or reads a Python number that changed since tracing (e.g. a β set "
+                "in a callback; read it with pyrovae.factor('beta') to make it a graph input). "
+                "Training without jit."
+            )
+
+
+def _cause(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def _value(t: torch.Tensor) -> str:
+    return f"{t.item():.6g}" if t.numel() == 1 else f"shape {tuple(t.shape)}"
+
+
+def _devices(x: torch.Tensor) -> list[int]:
+    return [x.device.index or 0] if x.is_cuda else []
+
+
+def rng_state(x: torch.Tensor) -> torch.Tensor:
+    """The state of the generator that draws ``x``'s device's random numbers."""
+    return torch.cuda.get_rng_state(x.device) if x.is_cuda else torch.get_rng_state()
+
+
+def set_rng_state(x: torch.Tensor, state: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.set_rng_state(state, x.device)
+    else:
+        torch.set_rng_state(state)

@@ -1,0 +1,471 @@
+r"""Stochastic variational inference for any Pyro model/guide pair.
+
+:class:`Trainer` maximises a lower bound on :math:`\log p(x)` over minibatches, with any
+objective of :mod:`pyrovae.infer.objectives` (a name, or any ``pyro.infer.ELBO`` object).
+
+**Batches.** The data are a tensor, a tuple of tensors that share dim 0, or a data source such
+as :class:`~pyrovae.data.ImageData`; every minibatch is a tuple of rows, and the trainer calls
+``model(*batch)`` and ``guide(*batch)`` -- ``model(x)`` for a VAE, ``model(x, y)`` for a
+conditional or semi-supervised one.
+
+**Sign convention.** Every number we report is a *bound* in nats per datapoint: higher is
+better and it sits below :math:`\log p(x)` (so it is negative for discrete data). The
+optimiser minimises the loss, which is minus the bound summed over the minibatch.
+
+**Weighted objectives.** ``poutine.scale`` factors (β, KL warm-up; set per step by
+``schedules``, :mod:`pyrovae.infer.factors`) weight the training objective only: the
+held-out ELBO, and ``train_elbo`` (the true ELBO on up to 2,000 training rows at the end of
+each epoch, recorded when the objective is weighted), are computed without them.
+
+The optimiser is ``torch.optim.Adam`` over every parameter the pair registers (with
+``pyro.module`` or ``pyro.param``), found by one traced run: it is what ``pyro.optim.Adam``
+wraps, applied once instead of once per parameter tensor. With ``jit=True`` the loss is
+compiled by ``torch.jit.trace`` per input shape (:mod:`pyrovae.infer.jit`), checked against
+the eager loss, and left eager with a warning where it cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+
+from ..config import DEFAULTS
+from ..data import DataError, ImageData, as_tensors, heldout_generator, minibatches
+from .factors import Schedule, factors, set_factor
+from .handlers import inspect_pair, unscaled
+from .importance import ContractError, guess_max_plate_nesting
+from .jit import TracedLoss, rng_state, set_rng_state
+from .objectives import make_objective, objective_label, sums_out_enumerated_sites
+
+MONITOR_ROWS = 2000  # training rows on which a weighted objective's true ELBO is recorded
+
+
+class TrainingError(RuntimeError):
+    """Training diverged (non-finite loss)."""
+
+
+_DIVERGED = "training diverged: lower the learning rate (lr=) or clip gradients (clip_norm=)"
+
+
+class Trainer:
+    """SVI with minibatches, epochs, a progress bar and held-out bounds, for any pair.
+
+    :param model, guide: Pyro functions called as ``model(*batch)``, ``guide(*batch)``.
+    :param objective: a name (``"elbo"``, ``"meanfield"``, ``"enum"``, ``"iwae"``, see
+        :data:`~pyrovae.infer.objectives.OBJECTIVES`) or an objective object, e.g.
+        ``pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)`` or ``RenyiELBO(alpha=0.5)``.
+    :param num_particles: samples per datapoint (vectorised) for a named objective.
+    :param lr: Adam's learning rate; ``lr_decay`` multiplies it after every epoch.
+    :param clip_norm: clip the global gradient norm to this value (``None``: no clipping).
+    :param jit: compile the loss with ``torch.jit.trace`` (see :mod:`pyrovae.infer.jit`).
+    :param check_data: ``check_data(*batch, what=...)`` raising
+        :class:`~pyrovae.data.DataError` on bad data; called before training starts.
+    :param prepare_data: maps an :class:`~pyrovae.data.ImageData` to the data source the pair
+        observes (e.g. its likelihood's data space).
+    :param schedules: ``{name: schedule}``; before each step, factor ``name`` is set to
+        ``schedule(step)`` (:mod:`pyrovae.infer.factors`).
+
+    When ``model`` is a method of an object with ``check_data`` / ``prepare_data`` (a
+    :class:`~pyrovae.VAE`), those are used unless given.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        *,
+        objective: Any = DEFAULTS.objective,
+        num_particles: int = DEFAULTS.particles,
+        lr: float = DEFAULTS.lr,
+        lr_decay: float = DEFAULTS.lr_decay,
+        clip_norm: float | None = DEFAULTS.clip_norm,
+        jit: bool = DEFAULTS.jit,
+        max_plate_nesting: int | None = None,
+        check_data: Callable[..., None] | None = None,
+        prepare_data: Callable[[ImageData], Any] | None = None,
+        schedules: Mapping[str, Schedule] | None = None,
+    ) -> None:
+        _require(lr > 0, f"lr= must be positive, not {lr}")
+        _require(lr_decay > 0, f"lr_decay= must be positive, not {lr_decay}")
+        _require(clip_norm is None or clip_norm > 0, f"clip_norm= must be positive or None, not {clip_norm}")
+        _require(num_particles >= 1, f"num_particles= must be >= 1, not {num_particles}")
+        if hasattr(objective, "differentiable_loss") or hasattr(objective, "loss_and_grads"):
+            _require(num_particles == 1, "num_particles= is for named objectives; an objective object has its own")
+        self.model, self.guide = model, guide
+        owner = getattr(model, "__self__", None)
+        self.check_data = check_data or getattr(owner, "check_data", None)
+        self.prepare_data = prepare_data or getattr(owner, "prepare_data", None)
+        self.objective_spec, self.num_particles = objective, num_particles
+        self.objective = make_objective(objective, num_particles, max_plate_nesting)
+        self.objective_name = objective_label(self.objective, objective)
+        self.lr, self.lr_decay, self.clip_norm, self.jit = lr, lr_decay, clip_norm, jit
+        self.max_plate_nesting = max_plate_nesting
+        self.schedules = dict(schedules or {})
+        self.param_names: list[str] = []
+        self.params: list[torch.Tensor] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._loss: Callable | None = None
+        self.enumerated: list[str] = []
+        self.epoch = 0
+        self.steps = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ---------------------------------------------------------------- set-up
+
+    def setup(self, *batch: torch.Tensor) -> None:
+        """Find the pair's parameters on one batch and build the optimiser (done once)."""
+        if self.optimizer is not None:
+            return
+        batch = _as_batch(batch)
+        with torch.random.fork_rng(_devices(batch[0])):  # leave the random numbers to training
+            self._setup(batch)
+
+    def _setup(self, batch: tuple[torch.Tensor, ...]) -> None:
+        self._apply_schedules()
+        if self.max_plate_nesting is None:
+            self.max_plate_nesting = guess_max_plate_nesting(self.model, self.guide, *batch)
+            if isinstance(self.objective_spec, str):
+                self.objective = make_objective(self.objective_spec, self.num_particles, self.max_plate_nesting)
+        self.enumerated = inspect_pair(self.model, self.guide, *batch).enumerated
+        if self.enumerated and not sums_out_enumerated_sites(self.objective):
+            raise ContractError(
+                f"model site(s) {self.enumerated} are marked for enumeration, which objective "
+                f"{self.objective_name!r} ignores: it would sample them from the prior, and its "
+                "'ELBO' would not be a bound. Use objective='enum' (TraceEnum_ELBO) or 'iwae'"
+            )
+        differentiable = hasattr(self.objective, "differentiable_loss")
+        with poutine.trace(param_only=True) as capture:
+            if differentiable:
+                self.objective.differentiable_loss(self.model, self.guide, *batch)
+            else:
+                self.objective.loss(self.model, self.guide, *batch)
+        store = pyro.get_param_store()
+        self.param_names = list(capture.trace.nodes)
+        self.params = [store.get_param(n).unconstrained() for n in self.param_names]
+        if not self.params:
+            raise ValueError("the model and guide register no parameters (pyro.module/param)")
+        self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, self.lr_decay)
+        if not differentiable:  # e.g. RenyiELBO: Pyro computes the gradients itself
+            self._loss = None
+            return
+
+        def loss(*tensors):
+            return self.objective.differentiable_loss(self.model, self.guide, *tensors)
+
+        self._loss = TracedLoss(loss, self.params) if self.jit else loss
+
+    @property
+    def compiled(self) -> bool:
+        """Whether steps run the jit-compiled loss (``jit=True`` and no fallback to eager)."""
+        return isinstance(self._loss, TracedLoss) and not self._loss.failed
+
+    @property
+    def jit_fallback(self) -> str | None:
+        """Why the compiled loss was given up (the warning's text), or ``None``."""
+        return self._loss.reason if isinstance(self._loss, TracedLoss) else None
+
+    def _apply_schedules(self) -> None:
+        for name, schedule in self.schedules.items():
+            set_factor(name, schedule(self.steps))
+
+    # ---------------------------------------------------------------- steps and epochs
+
+    def step(self, *batch: torch.Tensor) -> torch.Tensor:
+        """One gradient step on a minibatch (a tensor, several tensors, or a tuple of them);
+        returns the (detached) loss tensor."""
+        batch = _as_batch(batch)
+        self.setup(*batch)
+        self._apply_schedules()
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            if self._loss is not None:
+                loss = self._loss(*batch)
+                self._check_finite(loss)
+                loss.backward()
+            else:
+                loss = torch.tensor(self.objective.loss_and_grads(self.model, self.guide, *batch))
+                self._check_finite(loss)
+        except ValueError as err:  # distribution validation meets NaN parameters
+            if all(torch.isfinite(p).all() for p in self.params):
+                raise
+            raise TrainingError(f"parameters became NaN/inf ({err}); {_DIVERGED}") from None
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.optimizer.step()
+        self.steps += 1
+        return loss.detach()
+
+    @staticmethod
+    def _check_finite(loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {loss.item()}; {_DIVERGED}")
+
+    def default_bound(self) -> str:
+        """The held-out bound: ``enum`` when the model has enumerated sites, else ``elbo``."""
+        return "enum" if self.enumerated else "elbo"
+
+    def evaluate(
+        self,
+        data,
+        objective: Any = None,
+        num_particles: int = 1,
+        batch_size: int = 1000,
+        seed: int = 0,
+    ) -> float:
+        """A bound (default :meth:`default_bound`) in nats per datapoint on ``data``, of the
+        unweighted model (``poutine.scale`` factors dropped), with a fixed seed.
+
+        ``data`` is a tensor, a tuple of tensors or a data source (observed with the held-out
+        generator of ``seed``). Uses its own random numbers and leaves the global generator
+        as it was, so evaluating does not change the course of training.
+        """
+        batch = as_tensors(self._prepare(data), heldout_generator(seed), what="evaluation data")
+        bound = make_objective(objective or self.default_bound(), num_particles, self.max_plate_nesting)
+        model, guide = unscaled(self.model), unscaled(self.guide)
+        total = 0.0
+        with torch.random.fork_rng(devices=_devices(batch[0])), torch.no_grad():
+            pyro.set_rng_seed(seed)
+            for part in minibatches(batch, batch_size, shuffle=False):
+                total += bound.loss(model, guide, *part)
+        return -total / batch[0].shape[0]
+
+    def fit(
+        self,
+        data,
+        heldout=None,
+        *,
+        epochs: int = DEFAULTS.epochs,
+        batch_size: int = DEFAULTS.batch_size,
+        seed: int = DEFAULTS.seed,
+        device: torch.device | str | None = None,
+        progress: bool = True,
+        verbose: bool = True,
+        callback: Callable[[Trainer, dict[str, Any]], None] | None = None,
+        max_seconds: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train until ``self.epoch == epochs`` (continues a resumed trainer), or until the
+        first epoch end after ``max_seconds`` of wall time, for fixed compute budgets.
+
+        ``data`` is a tensor, a tuple of tensors sharing dim 0, or a data source such as
+        :class:`~pyrovae.data.ImageData`, whose random data spaces (dynamic binarisation,
+        dequantisation) are redrawn every epoch from a generator seeded by ``(seed, epoch)``,
+        so a resumed run sees the same data. The held-out set is drawn once with a fixed seed.
+        After each epoch, ``callback`` gets the trainer and that epoch's metrics (e.g. to write
+        a checkpoint). ``progress`` shows a bar per epoch, ``verbose`` prints a line per epoch.
+        """
+        _require(batch_size >= 1, f"batch_size= must be >= 1, not {batch_size}")
+        _require(epochs >= 0, f"epochs= must be >= 0, not {epochs}")
+        device = torch.device(device) if device is not None else None
+        source = self._prepare(data)
+        heldout_batch = None
+        if heldout is not None:
+            heldout_batch = as_tensors(self._prepare(heldout), heldout_generator(seed), device, "held-out data")
+            self._check(heldout_batch, "held-out data")
+        start_epoch = self.epoch + 1
+        first = as_tensors(source, _epoch_generator(seed, start_epoch), device, "training data")
+        self._check(first, "training data")
+        if self.epoch == 0 and not self.history:
+            pyro.set_rng_seed(seed)
+        from tqdm.auto import tqdm
+
+        began = time.perf_counter()
+        for epoch in range(start_epoch, epochs + 1):
+            if max_seconds is not None and time.perf_counter() - began >= max_seconds:
+                break
+            batch = first if epoch == start_epoch else as_tensors(source, _epoch_generator(seed, epoch), device)
+            if isinstance(self._loss, TracedLoss):
+                self._loss.recheck()  # a callback may have changed a number the graph froze
+            order_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            n = batch[0].shape[0]
+            steps = math.ceil(n / batch_size)
+            bar = tqdm(total=steps, disable=not progress, desc=f"epoch {epoch}/{epochs}", leave=False)
+            start, total = time.perf_counter(), torch.zeros((), dtype=torch.float64)
+            for i, part in enumerate(minibatches(batch, batch_size, order_gen)):
+                try:
+                    loss = self.step(*part)
+                except TrainingError as err:
+                    raise TrainingError(f"epoch {epoch}, step {i + 1}: {err}") from None
+                total += loss.double().cpu()
+                if i % 20 == 19 or i == steps - 1:
+                    bar.set_postfix(loss=f"{total.item() / min(n, (i + 1) * batch_size):.2f}")
+                bar.update(1)
+            bar.close()
+            self.scheduler.step()
+            self.epoch = epoch
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "objective": self.objective_name,
+                "train_bound": -total.item() / n,
+                "seconds": time.perf_counter() - start,
+                "lr": self.optimizer.param_groups[0]["lr"],
+            }
+            if self._weighted(batch):
+                record["objective"] += ", weighted"
+                record["train_elbo"] = self.evaluate(tuple(t[:MONITOR_ROWS] for t in batch), seed=seed)
+            if heldout_batch is not None:
+                record["heldout_elbo"] = self.evaluate(heldout_batch, seed=seed)
+            self.history.append(record)
+            if verbose:
+                tqdm.write(_format_record(record))
+            if callback is not None:
+                callback(self, record)
+        return self.history
+
+    def _weighted(self, batch) -> bool:
+        """Whether the objective weights some site (a schedule, or a ``poutine.scale`` != 1)."""
+        if self.schedules:
+            return True
+        return bool(inspect_pair(self.model, self.guide, *(t[:16] for t in batch)).scaled)
+
+    def _prepare(self, data):
+        if self.prepare_data is not None and isinstance(data, ImageData):
+            return self.prepare_data(data)
+        return data
+
+    def _check(self, batch: tuple[torch.Tensor, ...], what: str) -> None:
+        """Data checks before any step: ``check_data``, the pair's signature against the batch,
+        then one validated run of the pair on a few rows, so that e.g. grey values under a
+        Bernoulli likelihood are reported here rather than from inside torch mid-training."""
+        rows = tuple(t[:16] for t in batch)
+        for role, fn in (("model", self.model), ("guide", self.guide)):
+            _check_signature(fn, role, rows, what)
+        if self.check_data is not None:
+            self.check_data(*batch, what=what)
+        with pyro.validation_enabled(True), poutine.block(), torch.no_grad(), \
+                torch.random.fork_rng(_devices(batch[0])):
+            try:
+                guide_trace = poutine.trace(self.guide).get_trace(*rows)
+                model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace))
+                model_trace.get_trace(*rows).compute_log_prob()
+            except ValueError as err:
+                lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()][:2]
+                reason = " ".join(lines).split(", but found invalid values")[0]
+                raise DataError(
+                    f"the model rejects the {what}: {reason}. Check that the data lie in the "
+                    "support of the likelihood (e.g. binarise images for a Bernoulli)"
+                ) from None
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Parameters by name, optimiser and schedule state, epoch, step, factors, history and
+        RNG state: plain tensors and containers, for ``torch.load(weights_only=True)``."""
+        if self.optimizer is None:
+            raise RuntimeError("nothing to save before the first step (call setup(batch))")
+        return {
+            "params": {n: p.detach().clone() for n, p in zip(self.param_names, self.params)},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "factors": {n: t.detach().clone() for n, t in factors().items()},
+            "history": [dict(r) for r in self.history],
+            "rng": torch.get_rng_state(),
+            "rng_device": rng_state(self.params[0]) if self.params[0].is_cuda else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *batch: torch.Tensor) -> None:
+        """Restore :meth:`state_dict` output; ``batch`` is used to find the parameters."""
+        self.setup(*batch)
+        missing = set(self.param_names) - set(state["params"])
+        if missing:
+            raise ValueError(f"checkpoint lacks parameters {sorted(missing)}")
+        with torch.no_grad():
+            for name, p in zip(self.param_names, self.params):
+                p.copy_(state["params"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.steps = int(state.get("steps", 0))
+        for name, value in state.get("factors", {}).items():
+            set_factor(name, float(value))
+        self.history = [dict(r) for r in state["history"]]
+        torch.set_rng_state(state["rng"].cpu())  # a checkpoint mapped to a GPU moves it
+        if state.get("rng_device") is not None and self.params[0].is_cuda:
+            set_rng_state(self.params[0], state["rng_device"].cpu())
+
+
+def train(
+    model: Callable,
+    guide: Callable,
+    data,
+    heldout=None,
+    *,
+    epochs: int = DEFAULTS.epochs,
+    batch_size: int = DEFAULTS.batch_size,
+    seed: int = DEFAULTS.seed,
+    progress: bool = True,
+    verbose: bool = True,
+    device: torch.device | str | None = None,
+    callback: Callable[[Trainer, dict[str, Any]], None] | None = None,
+    max_seconds: float | None = None,
+    **trainer_options,
+) -> Trainer:
+    """Fit any model/guide pair by SVI; ``trainer_options`` go to :class:`Trainer`.
+
+    ``data`` and ``heldout``: a tensor, a tuple of tensors sharing dim 0 (``model(x, y)``),
+    or an :class:`~pyrovae.data.ImageData`. Returns the trainer, whose ``history`` holds
+    per-epoch metrics in nats per datapoint.
+    """
+    trainer = Trainer(model, guide, **trainer_options)
+    trainer.fit(
+        data, heldout, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+        progress=progress, verbose=verbose, callback=callback, max_seconds=max_seconds,
+    )
+    return trainer
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _as_batch(batch: tuple) -> tuple[torch.Tensor, ...]:
+    """``step(x)``, ``step(x, y)`` and ``step((x, y))`` all give ``(x, ...)``."""
+    if len(batch) == 1 and isinstance(batch[0], (tuple, list)):
+        batch = tuple(batch[0])
+    if not batch:
+        raise DataError("a batch needs at least one tensor")
+    return batch
+
+
+def _check_signature(fn: Callable, role: str, rows: tuple, what: str) -> None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and some C callables have none
+        return
+    try:
+        signature.bind(*rows)
+    except TypeError as err:
+        name = getattr(fn, "__qualname__", role)
+        raise DataError(
+            f"the {what} gives {len(rows)} tensor(s) per batch, but the {role} {name}{signature} "
+            f"cannot take them ({err}). Pass data with one tensor per positional argument: a "
+            "tuple (x, y), or ImageData.with_labels() for model(x, y)"
+        ) from None
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _devices(x: torch.Tensor) -> list[int]:
+    return [x.device.index or 0] if x.is_cuda else []
+
+
+def _format_record(r: dict[str, Any]) -> str:
+    text = f"epoch {r['epoch']:>4}  train {r['objective']} {r['train_bound']:9.3f}"
+    if "train_elbo" in r:
+        text += f"  train elbo {r['train_elbo']:9.3f}"
+    if "heldout_elbo" in r:
+        text += f"  held-out elbo {r['heldout_elbo']:9.3f}"
+    return text + f"  nats/datapoint  ({r['seconds']:.1f} s)"

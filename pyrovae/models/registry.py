@@ -1,0 +1,132 @@
+"""The model zoo: a registry of models and the small protocol a registered model follows.
+
+A registered model is an ``nn.Module`` with Pyro ``model``/``guide`` methods and the pieces run
+folders and the command line use (:class:`PyroModel`). Adding one to the zoo is adding a
+module that calls :func:`register_model`; ``pyrovae train --model NAME``, ``evaluate``,
+``sample`` and ``compare`` then work on it without changes to the CLI.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from ..config import ConfigError, RunConfig
+from ..data import ImageData
+
+
+@runtime_checkable
+class PyroModel(Protocol):
+    """What the zoo's models provide beyond ``model(*batch)`` and ``guide(*batch)``."""
+
+    data_space: str  # the data space its data are observed in by default
+
+    def model(self, *batch) -> Any: ...
+
+    def guide(self, *batch) -> Any: ...
+
+    def prepare_data(self, data: ImageData) -> Any:
+        """The data source the pair observes, from images (its space; labels if it needs them)."""
+
+    def check_data(self, *tensors: torch.Tensor, what: str = "data") -> None:
+        """Raise :class:`~pyrovae.data.DataError` with the fix when the tensors do not fit."""
+
+    def write_pictures(self, run: Path, heldout: ImageData, history: list[dict], seed: int) -> list[str]:
+        """Write the run folder's PNGs; return their names."""
+
+    def generate(self, num_samples: int, sample: bool = False) -> torch.Tensor: ...
+
+    def to_picture(self, values: torch.Tensor) -> torch.Tensor: ...
+
+    def report(self) -> dict[str, Any]:
+        """Descriptive fields for evaluation summaries (likelihood, prior, ...)."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its class, and which constructor arguments come from the data."""
+
+    name: str
+    cls: type
+    summary: str
+    data_args: tuple[str, ...] = ("data_dim", "image_shape")
+    configure: Callable[[dict[str, Any], str | None, int], dict[str, Any]] | None = None
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The model's options and their defaults, read from its constructor."""
+        params = inspect.signature(self.cls.__init__).parameters.values()
+        return {
+            p.name: p.default for p in params
+            if p.name not in ("self", "name", *self.data_args) and p.default is not inspect.Parameter.empty
+        }
+
+    def resolve(self, options: dict[str, Any], data_space: str | None = None, levels: int = 256) -> dict[str, Any]:
+        """Every option with its value: the given ones, then what the data imply, then defaults."""
+        defaults = self.option_defaults()
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise ConfigError(
+                f"model {self.name!r} has no option(s) {unknown}; its options: {sorted(defaults)}"
+            )
+        resolved = {**defaults, **options}
+        if self.configure is not None:
+            resolved = self.configure(resolved, data_space, levels)
+        return {k: _plain(v) for k, v in resolved.items()}
+
+    def build(self, options: dict[str, Any], data_dim: int, image_shape) -> Any:
+        data = {"data_dim": data_dim, "image_shape": tuple(image_shape)}
+        try:
+            return self.cls(**{k: data[k] for k in self.data_args}, **options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"model {self.name!r}: {err}") from None
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    cls: type,
+    summary: str,
+    *,
+    data_args: tuple[str, ...] = ("data_dim", "image_shape"),
+    configure: Callable[[dict[str, Any], str | None, int], dict[str, Any]] | None = None,
+) -> ModelEntry:
+    """Add ``cls`` to the zoo as ``name`` (``pyrovae train --model name``)."""
+    entry = ModelEntry(name, cls, summary, data_args, configure)
+    MODELS[name] = entry
+    return entry
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(config: RunConfig, data: ImageData | None = None) -> Any:
+    """The model a run configuration describes, sized by ``data`` when given (and recorded in
+    ``config``: ``data_dim``, ``image_shape``, the resolved ``model_options`` and ``data_space``)."""
+    entry = model_entry(config.model)
+    if data is not None:
+        config.data_dim, config.image_shape = data.data_dim, list(data.image_shape)
+    if config.data_dim is None:
+        raise ConfigError("the configuration has no data_dim: build the model with its data")
+    config.model_options = entry.resolve(config.model_options, config.data_space, config.levels)
+    model = entry.build(config.model_options, config.data_dim, config.image_shape or [config.data_dim])
+    config.data_space = config.data_space or model.data_space
+    return model
+
+
+def _plain(value):
+    """JSON-friendly option values (tuples become lists)."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
