@@ -10,12 +10,14 @@ import pyrovae
 
 @pytest.fixture(autouse=True)
 def fresh_pyro():
-    """Every test starts with an empty param store and a fixed seed."""
+    """Every test starts with empty param and factor stores and a fixed seed."""
     pyro.clear_param_store()
+    pyrovae.infer.clear_factors()
     pyro.set_rng_seed(0)
     with pyro.validation_enabled(True):
         yield
     pyro.clear_param_store()
+    pyrovae.infer.clear_factors()
 
 
 @pytest.fixture(scope="session")

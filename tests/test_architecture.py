@@ -129,6 +129,17 @@ def test_build_model_takes_its_dimensions_from_the_data():
     assert config.data_space == "binary-dynamic" and config.model_options["activation"] == "softplus"
 
 
+def test_the_config_records_the_space_and_levels_the_model_observes(embedded):
+    options = {"latent_dim": 2, "likelihood": "categorical", "likelihood_options": {"levels": 8}, "prior": "vamp"}
+    config = RunConfig(model_options=options)
+    vae = pyrovae.build_model(config, embedded)
+    assert (config.data_space, config.levels) == ("levels", 8)
+    assert config.model_options["prior_options"]["input_range"] == [0.0, 7.0]
+    assert vae.prepare_data(embedded).levels == 8
+    with pytest.raises(pyrovae.DataError, match="has 8 levels but .* quantised to 16"):
+        pyrovae.build_model(RunConfig(data_space="levels", levels=16, model_options=options), embedded)
+
+
 def test_the_cli_python_and_the_config_share_one_set_of_defaults():
     args = build_parser().parse_args(["train"])
     from_cli = config_from_args(args)

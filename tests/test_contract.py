@@ -283,24 +283,8 @@ def test_a_beta_weighted_pair_gets_the_unweighted_log_px(conditional, beta):
 
 
 def test_a_weighted_objective_records_the_true_elbo_beside_it():
-    torch.manual_seed(0)
+    model, guide = _annealed_pair(lambda: pyrovae.factor("beta"))
     x = torch.randn(600, 4) @ torch.randn(4, 4)
-    dec, enc = nn.Linear(2, 4), nn.Linear(4, 4)
-
-    def model(x):
-        pyro.module("dec", dec)
-        with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=pyrovae.factor("beta")):
-                z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-            pyro.sample("x", dist.Normal(dec(z), 0.5).to_event(1), obs=x)
-
-    def guide(x):
-        pyro.module("enc", enc)
-        with pyro.plate("data", x.shape[0]):
-            h = enc(x)
-            with poutine.scale(scale=pyrovae.factor("beta")):
-                pyro.sample("z", dist.Normal(h[..., :2], nn.functional.softplus(h[..., 2:])).to_event(1))
-
     pyrovae.set_factor("beta", 4.0)
     trainer = pyrovae.train(model, guide, x, x[:200], epochs=2, batch_size=100, progress=False, verbose=False)
     record = trainer.history[-1]

@@ -92,13 +92,18 @@ class TracedLoss:
 
     def _verify(self, graph, inputs, tensors) -> None:
         """Give up on ``graph`` unless it matches the eager loss on the same random numbers."""
-        # with gradients on: some objectives (TraceEnum_ELBO) refuse a loss without them
         with torch.random.fork_rng(devices=_devices(tensors[0])):
             state = rng_state(tensors[0])
+            # eager with gradients on (TraceEnum_ELBO refuses a loss without them); an error
+            # here is the pair's own: let it through
             with poutine.block():
-                eager = self.fn(*tensors)  # an error here is the pair's own: let it through
+                eager = self.fn(*tensors)
             set_rng_state(tensors[0], state)
-            compiled = self._run(graph, inputs)
+            # the graph without: the executor's first, profiling runs then plan the graph as
+            # plain ops under autograd; profiled with gradients it builds autodiff subgraphs,
+            # 1.5x slower per IWAE step on our CPU (docs/benchmarks.md)
+            with torch.no_grad():
+                compiled = self._run(graph, inputs)
         if compiled is None:
             return
         eager, compiled = eager.detach(), compiled.detach()

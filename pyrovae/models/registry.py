@@ -119,6 +119,10 @@ def build_model(config: RunConfig, data: ImageData | None = None) -> Any:
         raise ConfigError("the configuration has no data_dim: build the model with its data")
     config.model_options = entry.resolve(config.model_options, config.data_space, config.levels)
     model = entry.build(config.model_options, config.data_dim, config.image_shape or [config.data_dim])
+    if data is not None:  # record the space and levels the model observes the images in
+        observed = model.prepare_data(data.with_space(config.data_space, config.levels))
+        config.levels = getattr(observed, "levels", config.levels)
+        config.data_space = getattr(observed, "space", None) or config.data_space
     config.data_space = config.data_space or model.data_space
     return model
 

@@ -205,7 +205,7 @@ def configure_vae(options: dict[str, Any], data_space: str | None, levels: int) 
     options = dict(options)
     lik_options = dict(options["likelihood_options"] or {})
     if options["likelihood"] == "categorical":
-        lik_options.setdefault("levels", levels)
+        levels = lik_options.setdefault("levels", levels)  # the data's levels follow the likelihood's
     options["likelihood_options"] = lik_options
     space = data_space or make_likelihood(options["likelihood"], **lik_options).data_space
     if options["prior"] == "vamp" and space in ("levels", "counts"):
