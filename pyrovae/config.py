@@ -63,6 +63,10 @@ class RunConfig:
     created: str = ""
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming every value out of range (also after edits)."""
         checks = {
             "epochs": self.epochs >= 0, "batch_size": self.batch_size >= 1, "particles": self.particles >= 1,
             "lr": self.lr > 0, "lr_decay": self.lr_decay > 0, "levels": self.levels >= 2,
@@ -91,8 +95,10 @@ class RunConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
+        """Write ``config.json`` (in this version's format, so it records this version)."""
         from .io import write_json
 
+        self.pyrovae_version = __version__
         write_json(path, self.to_dict())
 
     @classmethod

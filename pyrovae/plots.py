@@ -127,12 +127,18 @@ def plot_manifold(path, decode_mean, image_shape, n: int = 20, span: float = 0.9
 
 
 def plot_khat(path, khat: torch.Tensor) -> None:
-    """Histogram of PSIS k-hat per datapoint with the 0.5 and 0.7 thresholds."""
+    """Histogram of PSIS k-hat per datapoint with the 0.5 and 0.7 thresholds (k-hat is NaN
+    below 25 samples, and -inf for equal weights: those are counted, not drawn)."""
     k = khat.cpu().numpy()
+    finite = k[np.isfinite(k)]
     fig, ax = new_figure((6, 4))
-    ax.hist(k, bins=50, color="0.4")
+    if finite.size:
+        ax.hist(finite, bins=50, color="0.4")
     for t, c in ((0.5, "tab:orange"), (0.7, "tab:red")):
         ax.axvline(t, color=c, ls="--", label=f"k = {t}: {np.mean(k > t):.1%} above")
+    if finite.size < k.size:
+        ax.set_title(f"{k.size - finite.size} of {k.size} datapoints without a finite k-hat "
+                     "(fewer than 25 samples, or equal weights)", fontsize=9)
     ax.set_xlabel("Pareto k-hat of the importance weights")
     ax.set_ylabel("datapoints")
     ax.legend()

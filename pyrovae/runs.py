@@ -75,10 +75,27 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """``checkpoint.pt`` read with ``weights_only=True`` (tensors and containers, no code)."""
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a pyrovae run folder?")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, corrupt, or not a plain-tensor checkpoint
+        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")
+        raise ConfigError(f"{path} cannot be read as a pyrovae checkpoint ({type(err).__name__}: {first})") from None
+
+
+def restore_module(module, state: dict[str, Any], run_dir: str | Path) -> None:
+    """Load a checkpoint's module parameters, or say that it belongs to another model."""
+    try:
+        module.load_state_dict(state["module"])
+    except (KeyError, RuntimeError) as err:
+        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")
+        raise ConfigError(
+            f"{Path(run_dir) / CHECKPOINT} does not fit the model that {CONFIG} describes ({first}); "
+            "was one of the two replaced?"
+        ) from None
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
@@ -89,6 +106,5 @@ def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") ->
     """The trained model of a run folder (parameters from its checkpoint) and its config."""
     config = load_config(run_dir)
     model = build_model(config)
-    state = load_checkpoint(run_dir, map_location)
-    model.load_state_dict(state["module"])
+    restore_module(model, load_checkpoint(run_dir, map_location), run_dir)
     return model.to(map_location), config

@@ -134,8 +134,10 @@ def test_the_config_records_the_space_and_levels_the_model_observes(embedded):
     config = RunConfig(model_options=options)
     vae = pyrovae.build_model(config, embedded)
     assert (config.data_space, config.levels) == ("levels", 8)
-    assert config.model_options["prior_options"]["input_range"] == [0.0, 7.0]
-    assert vae.prepare_data(embedded).levels == 8
+    assert vae.prior.input_range == (0.0, 7.0) and vae.prepare_data(embedded).levels == 8
+    python = pyrovae.VAE(**options)  # the same model built directly, as the README does
+    assert python.prior.input_range == vae.prior.input_range
+    assert python.likelihood.levels == vae.likelihood.levels and python.data_space == vae.data_space
     with pytest.raises(pyrovae.DataError, match="has 8 levels but .* quantised to 16"):
         pyrovae.build_model(RunConfig(data_space="levels", levels=16, model_options=options), embedded)
 
@@ -153,8 +155,34 @@ def test_the_cli_python_and_the_config_share_one_set_of_defaults():
     train_defaults = inspect.signature(pyrovae.train).parameters
     for name in ("epochs", "batch_size", "seed"):
         assert train_defaults[name].default == getattr(DEFAULTS, name), name
-    vae = inspect.signature(pyrovae.VAE).parameters
-    assert pyrovae.models.model_entry("vae").option_defaults()["latent_dim"] == vae["latent_dim"].default
+
+
+def test_a_model_without_the_protocol_cannot_join_and_required_options_are_asked_for(registered):
+    class Half(nn.Module):
+        def __init__(self, data_dim, image_shape, classes):
+            super().__init__()
+
+        def model(self, x):
+            pass
+
+    with pytest.raises(TypeError, match=r"lacks \['guide', 'data_space', 'prepare_data'"):
+        register_model("half", Half, "incomplete")
+    assert "half" not in MODELS
+
+    class NeedsClasses(LinearGaussian):
+        def __init__(self, data_dim, image_shape, classes, latent_dim=3):
+            super().__init__(data_dim, image_shape, latent_dim)
+            self.classes = classes
+
+    register_model("needs-classes", NeedsClasses, "test")
+    try:
+        with pytest.raises(ConfigError, match=r"needs the option\(s\) \['classes'\]"):
+            pyrovae.build_model(RunConfig(model="needs-classes"), pyrovae.load_embedded_mnist().subset(slice(0, 10)))
+        model = pyrovae.build_model(RunConfig(model="needs-classes", model_options={"classes": 10}),
+                                    pyrovae.load_embedded_mnist().subset(slice(0, 10)))
+        assert model.classes == 10
+    finally:
+        MODELS.pop("needs-classes")
 
 
 def _module_name(path: Path) -> tuple[str, bool]:

@@ -7,6 +7,7 @@ import sys
 import matplotlib.image
 import pytest
 
+import pyrovae
 from pyrovae.cli import build_parser, main
 
 FAST = ["--train-size", "1500", "--heldout-size", "300", "--batch-size", "100", "--no-progress"]
@@ -170,7 +171,8 @@ def test_categorical_levels_with_vamp_prior_trains_and_draws_pictures(tmp_path):
     assert main(args) == 0
     config = json.loads((run / "config.json").read_text())
     options = config["model_options"]
-    assert options["likelihood_options"] == {"levels": 8} and options["prior_options"]["input_range"] == [0.0, 7.0]
+    assert options["likelihood_options"] == {"levels": 8} and config["levels"] == 8
+    assert pyrovae.load_model(run)[0].prior.input_range == (0.0, 7.0)
     for name in ("reconstructions.png", "samples.png", "manifold.png"):
         assert _png_ok(run / name), name
     assert main(["evaluate", str(run), "--num-samples", "30", "--max-datapoints", "50", "--no-progress"]) == 0
@@ -178,3 +180,60 @@ def test_categorical_levels_with_vamp_prior_trains_and_draws_pictures(tmp_path):
     # 8 levels -> the 8-bit scale: each level's mass spread over 32 grey values
     assert summary["scale"] == "8-bit"
     assert summary["nats_per_image"] == pytest.approx(summary["mean_log_px"] - 784 * math.log(32), rel=1e-9)
+
+
+V01_KEYS = (  # what pyrovae 0.1's `train` wrote into config.json (commit fc9e754)
+    "pyrovae_version", "created", "dataset", "data_dir", "data_space", "levels", "train_size", "heldout_size",
+    "data_dim", "image_shape", "latent_dim", "hidden", "activation", "arch", "likelihood", "likelihood_options",
+    "prior", "prior_options", "objective", "particles", "epochs", "batch_size", "lr", "lr_decay", "clip_norm",
+    "jit", "seed", "device",
+)
+
+
+def test_a_version_0_1_run_folder_evaluates_and_resumes(run2d, tmp_path):
+    """config.json with the VAE's options at the top level; a checkpoint without step count,
+    factors or objective names in its history."""
+    import shutil
+
+    import torch
+
+    old = tmp_path / "v01"
+    shutil.copytree(run2d, old)
+    config = json.loads((old / "config.json").read_text())
+    flat = {**{k: v for k, v in config.items() if k in V01_KEYS}, **config["model_options"], "pyrovae_version": "0.1.0"}
+    (old / "config.json").write_text(json.dumps({k: flat[k] for k in V01_KEYS}))
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    for key in ("steps", "factors"):
+        state["trainer"].pop(key)
+    for record in state["trainer"]["history"]:
+        record.pop("objective")
+    torch.save(state, old / "checkpoint.pt")
+    assert main(["evaluate", str(old), "--num-samples", "20", "--max-datapoints", "30", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(old), "--epochs", str(len(state["trainer"]["history"]) + 1),
+                 "--no-progress"]) == 0
+    assert json.loads((old / "config.json").read_text())["model_options"]["latent_dim"] == 2
+
+
+def test_resume_errors_name_the_way_out(run2d, tmp_path, capsys):
+    import shutil
+
+    empty = tmp_path / "interrupted"
+    empty.mkdir()
+    (empty / "config.json").write_text((run2d / "config.json").read_text())
+    assert main(["train", "--resume", str(empty), "--no-progress"]) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(run2d, broken)
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["evaluate", str(broken), "--num-samples", "10", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read as a pyrovae checkpoint" in err and "Traceback" not in err
+    assert main(["train", "--resume", str(run2d), "--epochs", "-1", "--no-progress"]) == 2
+    assert "--epochs -1 is out of range" in capsys.readouterr().err
+
+
+def test_a_data_space_the_likelihood_cannot_score_is_refused_in_flags(tmp_path, capsys):
+    run = tmp_path / "grey"
+    assert main(["train", "--data-space", "grey", "--out", str(run), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "--data-space binary-dynamic" in err and "with_space" not in err and not run.exists()

@@ -246,6 +246,33 @@ def test_iwae_sums_out_enumerated_sites_too(mixture):
     assert bound < exact.mean().item() + 0.05 and bound > exact.mean().item() - 1.0
 
 
+def test_a_scaled_objective_weights_an_enumerated_sum_outside_the_sum(mixture):
+    """As TraceEnum_ELBO: beta * log sum_c p(c) p(z | c), not log sum_c (p(c) p(z | c))^beta."""
+    _, guide, x, _, (W, b, mu) = mixture
+    beta = 0.3
+
+    def model(x, c_scale=beta):
+        with pyro.plate("data", x.shape[0]):
+            with poutine.scale(scale=c_scale):
+                c = pyro.sample("c", dist.Categorical(PI), infer={"enumerate": "parallel"})
+            with poutine.scale(scale=beta):
+                z = pyro.sample("z", dist.Normal(mu[c], 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + b, SIGMA).to_event(1), obs=x)
+
+    pyro.set_rng_seed(3)
+    lw = log_importance_weights(model, guide, x, num_particles=4, max_plate_nesting=1, scaled=True)
+    pyro.set_rng_seed(3)
+    with pyro.plate("num_particles_vectorized", 4, dim=-2):
+        site = poutine.trace(guide).get_trace(x).nodes["z"]
+    z = site["value"]
+    prior = torch.logsumexp(PI.log() + dist.Normal(mu, 1.0).to_event(1).log_prob(z.unsqueeze(-2)), -1)
+    manual = beta * prior + dist.Normal(z @ W.T + b, SIGMA).to_event(1).log_prob(x) - site["fn"].log_prob(z)
+    assert torch.allclose(lw, manual, atol=1e-10, rtol=0)
+    with pytest.raises(ContractError, match="different poutine.scale factors"):
+        log_importance_weights(lambda x: model(x, c_scale=1.0), guide, x, num_particles=2, max_plate_nesting=1,
+                               scaled=True)
+
+
 def test_a_guide_that_enumerates_is_refused_by_importance_sampling():
     def model(x):
         with pyro.plate("data", x.shape[0]):
@@ -341,6 +368,28 @@ def test_unknown_objective_names_the_choices():
     vae = _tiny_vae()
     with pytest.raises(ValueError, match="unknown objective 'elbo2'.*'enum'.*differentiable_loss"):
         pyrovae.Trainer(vae.model, vae.guide, objective="elbo2")
+    with pytest.raises(ValueError, match=r"is a class; pass an instance, e.g. TraceEnum_ELBO\(max_plate_nesting=1\)"):
+        pyrovae.Trainer(vae.model, vae.guide, objective=TraceEnum_ELBO)
+
+
+def test_jit_with_an_objective_that_cannot_be_compiled_says_so():
+    vae = _tiny_vae()
+    trainer = pyrovae.Trainer(vae.model, vae.guide, objective=RenyiELBO(alpha=0.5, num_particles=2), jit=True)
+    with pytest.warns(UserWarning, match="RenyiELBO has only loss_and_grads"):
+        trainer.step(torch.bernoulli(torch.full((8, 784), 0.3)))
+    assert not trainer.compiled and "loss_and_grads" in trainer.jit_fallback
+
+
+def test_a_torch_error_inside_the_pair_on_the_first_rows_is_a_data_error():
+    dec = nn.Linear(3, 4)
+
+    def model(x):
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(dec(x), 1.0).to_event(1), obs=x)  # (N, 4) into Linear(3, 4)
+
+    with pytest.raises(pyrovae.DataError, match="fails on the first rows of the training data: mat1 and mat2"):
+        pyrovae.train(model, lambda x: None, torch.zeros(20, 4), epochs=1, progress=False)
 
 
 # --------------------------------------------------------------------------------- per-step factors
@@ -409,17 +458,28 @@ def test_a_python_number_changed_in_a_callback_is_caught_under_jit():
 
 
 def test_schedules_and_their_steps_survive_a_checkpoint():
+    """A warm-up interrupted after 2 of 4 epochs and resumed into fresh objects repeats the
+    uninterrupted run exactly: the step count, and so each step's factor, is restored."""
     from pyrovae.infer import cyclical
+    from pyrovae.infer.factors import FLOOR
 
     schedule = cyclical(0.0, 1.0, period=10, ramp=0.5)
-    assert [schedule(s) for s in (0, 2, 5, 9, 10, 12)] == pytest.approx([0, 0.4, 1, 1, 0, 0.4])
-    model, guide = _annealed_pair(lambda: pyrovae.factor("kl"))
+    assert [schedule(s) for s in (0, 2, 5, 9, 10, 12)] == pytest.approx([FLOOR, 0.4, 1, 1, FLOOR, 0.4])
     x = torch.randn(300, 4, generator=torch.Generator().manual_seed(1))
-    trainer = pyrovae.Trainer(model, guide, schedules={"kl": pyrovae.linear(0.01, 1.0, steps=100)})
-    trainer.fit(x, epochs=2, batch_size=100, progress=False, verbose=False)
-    state = trainer.state_dict()
-    assert state["steps"] == 6
-    fresh = pyrovae.Trainer(model, guide, schedules={"kl": pyrovae.linear(0.01, 1.0, steps=100)})
-    pyrovae.set_factor("kl", 0.5)
-    fresh.load_state_dict(state, x[:10])
-    assert fresh.steps == 6 and pyrovae.factor("kl").item() == pytest.approx(state["factors"]["kl"].item())
+
+    def run(epochs, state=None):
+        pyro.clear_param_store()
+        pyrovae.set_factor("kl", 0.77)  # a stale value that the schedule must overwrite
+        model, guide = _annealed_pair(lambda: pyrovae.factor("kl"))
+        trainer = pyrovae.Trainer(model, guide, jit=False, schedules={"kl": pyrovae.linear(0.01, 1.0, steps=10)})
+        if state is not None:
+            trainer.load_state_dict(state, x[:10])
+        trainer.fit(x, epochs=epochs, batch_size=100, seed=2, progress=False, verbose=False)
+        return trainer
+
+    straight = run(4)
+    first = run(2)
+    assert first.state_dict()["steps"] == 6
+    resumed = run(4, first.state_dict())
+    assert resumed.steps == straight.steps == 12
+    assert [r["train_bound"] for r in resumed.history] == [r["train_bound"] for r in straight.history]

@@ -153,10 +153,10 @@ def test_a_vae_observes_image_data_in_its_likelihoods_space(embedded):
     """Before: a categorical VAE trained on binarised digits passed every check."""
     vae = pyrovae.VAE(latent_dim=2, hidden=(16,), likelihood="categorical", likelihood_options={"levels": 16})
     digits = embedded.subset(slice(0, 300))
-    seen = []
-    pyrovae.train(vae.model, vae.guide, digits, epochs=1, progress=False, verbose=False,
-                  prepare_data=vae.prepare_data, check_data=lambda x, what: seen.append(x))
-    assert seen[0].max() == 15 and (seen[0] == seen[0].round()).all()  # 16 grey levels
+    trainer = pyrovae.train(vae.model, vae.guide, digits, digits, epochs=1, progress=False, verbose=False)
+    # found through vae.model: observed as 16 grey levels, a categorical's score (~ -784 log 16 untrained)
+    assert trainer.prepare_data == vae.prepare_data
+    assert -2300 < trainer.history[-1]["heldout_elbo"] < -1000
     with pytest.raises(pyrovae.DataError, match=r"scores data in space 'levels'.*with_space\('levels', 16\)"):
         pyrovae.train(vae.model, vae.guide, digits.with_space("binary-dynamic"), epochs=1, progress=False)
     with pytest.raises(pyrovae.DataError, match="has 16 levels but .* quantised to 8"):

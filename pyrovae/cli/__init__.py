@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyrovae {args.command}: error: {to_flags(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last completed epoch's checkpoint is intact", file=sys.stderr)
+        print("interrupted; files of completed work are intact (a run resumes from its last completed "
+              "epoch with --resume RUN)", file=sys.stderr)
         return 130
     return 0

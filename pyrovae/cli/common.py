@@ -26,14 +26,21 @@ FLAGS = {
 _KEYWORD = re.compile(r"\b(" + "|".join(sorted(FLAGS, key=len, reverse=True)) + r")=('([^']*)'|(-?[\w.]+))?")
 
 
+_WITH_SPACE = re.compile(r"data\.with_space\('([\w-]+)'(?:, (\d+))?\)")
+
+
 def to_flags(message: str) -> str:
-    """``lr=`` -> ``--lr``, ``objective='elbo'`` -> ``--objective elbo``: the library speaks Python."""
+    """``lr=`` -> ``--lr``, ``objective='elbo'`` -> ``--objective elbo``,
+    ``data.with_space('levels', 16)`` -> ``--data-space levels --levels 16``: the library speaks Python."""
 
     def flag(m: re.Match) -> str:
         value = m.group(3) if m.group(3) is not None else m.group(4)
         return FLAGS[m.group(1)] + (f" {value}" if value else "")
 
-    return _KEYWORD.sub(flag, message)
+    def space(m: re.Match) -> str:
+        return f"--data-space {m.group(1)}" + (f" --levels {m.group(2)}" if m.group(2) else "")
+
+    return _KEYWORD.sub(flag, _WITH_SPACE.sub(space, message))
 
 
 def int_list(text: str) -> list[int]:

@@ -11,6 +11,7 @@ import torch
 
 from ..data import as_tensors, heldout_generator, heldout_seed
 from ..infer import log_marginal_likelihood
+from ..infer.importance import DEFAULT_CHUNK_SIZE
 from ..io import write_csv, write_json
 from ..plots import plot_khat
 from ..runs import load_model, load_run_data
@@ -33,7 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num-samples", type=int, default=5000, help="importance samples K per datapoint")
     p.add_argument("--max-datapoints", type=int, default=None, help="evaluate only the first N held-out points")
     p.add_argument(
-        "--chunk-size", type=int, default=2**12, help="most (sample, datapoint) pairs per pass; bounds memory"
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+        help="most (sample, datapoint) pairs per pass; bounds memory",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: the run's device")

@@ -18,7 +18,17 @@ from ..likelihoods import LIKELIHOODS
 from ..models import MODELS, build_model, model_entry
 from ..nets import ACTIVATIONS
 from ..priors import PRIORS
-from ..runs import CONFIG, METRICS, build_trainer, load_checkpoint, load_config, load_run_data, save_checkpoint
+from ..runs import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    build_trainer,
+    load_checkpoint,
+    load_config,
+    load_run_data,
+    restore_module,
+    save_checkpoint,
+)
 from .common import CLIError, describe, device, int_list, option, options_help
 
 # flags shared by the zoo's models: option name -> flag; given only when the user sets them,
@@ -155,8 +165,14 @@ def cmd_train(args) -> None:
         torch.set_num_threads(args.threads)
     run = _run_dir(args)
     if args.resume:
+        if not (run / CHECKPOINT).exists():
+            raise CLIError(
+                f"{run} holds no checkpoint to resume (no epoch of it completed); start it again with "
+                f"--out {run} --overwrite"
+            )
         config = load_config(run)
         config.epochs = args.epochs
+        config.validate()
     else:
         if (run / CONFIG).exists() and not args.overwrite:
             raise CLIError(f"{run} already holds a run; continue it with --resume {run}, or pass --overwrite")
@@ -173,9 +189,10 @@ def cmd_train(args) -> None:
     model.check_data(*first, what="training data")
     if args.resume:
         _resume(run, model, trainer, first, config, dev)
-    config.save(run / CONFIG)
 
     def save(tr: Trainer, record: dict) -> None:
+        # the folder becomes a run with its first completed epoch: config, checkpoint, metrics
+        config.save(run / CONFIG)
         save_checkpoint(run, {"trainer": tr.state_dict(), "module": model.state_dict()})
         write_csv(run / METRICS, tr.history)
 
@@ -194,6 +211,9 @@ def cmd_train(args) -> None:
 
 def _resume(run: Path, model, trainer: Trainer, first, config: RunConfig, dev) -> None:
     state = load_checkpoint(run, dev)
-    model.load_state_dict(state["module"])
-    trainer.load_state_dict(state["trainer"], *(t[: config.batch_size] for t in first))
+    restore_module(model, state, run)
+    try:
+        trainer.load_state_dict(state["trainer"], *(t[: config.batch_size] for t in first))
+    except (KeyError, ValueError) as err:
+        raise CLIError(f"{run / CHECKPOINT} does not fit this run's trainer ({err})") from None
     print(f"resuming {run} after epoch {trainer.epoch}")

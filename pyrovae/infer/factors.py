@@ -20,8 +20,9 @@ back to eager when such a number changed.
 Schedules (Bowman et al. 2016 warm-up; Fu et al. 2019 cyclical annealing) are callables
 ``step -> value`` of the trainer's global step (0 for the first step).
 
-Pyro refuses ``poutine.scale(scale=0)`` while validation is on: start a warm-up at a small
-positive value, e.g. ``linear(1e-3, 1.0, steps)``.
+Pyro refuses ``poutine.scale(scale=0)`` while validation is on, so the built-in schedules keep
+their values at or above :data:`FLOOR` (``1e-6``: a KL weighted by a millionth is as good as
+off): ``cyclical(0.0, 1.0, period)`` works as written in Fu et al.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Callable
 import torch
 
 Schedule = Callable[[int], float]
+FLOOR = 1e-6  # the smallest value a built-in schedule gives (poutine.scale needs > 0)
 
 _STORE: dict[str, torch.Tensor] = {}
 
@@ -66,26 +68,27 @@ def constant(value: float) -> Schedule:
 
 def linear(start: float, end: float, steps: int, delay: int = 0) -> Schedule:
     """``start`` for ``delay`` steps, then a straight line to ``end`` over ``steps`` steps, then
-    ``end`` (KL warm-up, Bowman et al. 2016)."""
+    ``end`` (KL warm-up, Bowman et al. 2016); never below :data:`FLOOR`."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, not {steps}")
 
     def schedule(step: int) -> float:
         t = min(max(step - delay, 0) / steps, 1.0)
-        return start + (end - start) * t
+        return max(start + (end - start) * t, FLOOR)
 
     return schedule
 
 
 def cyclical(low: float, high: float, period: int, ramp: float = 0.5) -> Schedule:
     """Cyclical annealing (Fu et al. 2019): in every period of ``period`` steps, rise linearly
-    from ``low`` to ``high`` over the first ``ramp`` share of it, then stay at ``high``."""
+    from ``low`` to ``high`` over the first ``ramp`` share of it, then stay at ``high``; never
+    below :data:`FLOOR`."""
     if period < 1 or not 0 < ramp <= 1:
         raise ValueError(f"need period >= 1 and 0 < ramp <= 1; got {period}, {ramp}")
     ramp_steps = max(1, math.ceil(ramp * period))
 
     def schedule(step: int) -> float:
         t = min((step % period) / ramp_steps, 1.0)
-        return low + (high - low) * t
+        return max(low + (high - low) * t, FLOOR)
 
     return schedule

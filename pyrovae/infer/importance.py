@@ -174,7 +174,7 @@ def check_contract(model: Callable, guide: Callable, x: torch.Tensor, *args, pla
         try:
             guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
-        except (ValueError, RuntimeError) as err:  # Pyro's shape checks, torch's size errors
+        except (ValueError, RuntimeError, TypeError) as err:  # Pyro's shape checks, torch's size errors
             first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
             raise ContractError(
                 f"the model/guide pair fails a plain run on {x.shape[0]} rows of x: {first}. Positional "
@@ -244,28 +244,47 @@ def log_importance_weights(
 
 def _summed_out_log_joint(model_trace, plate_name: str, particle_dim: int, scaled: bool) -> torch.Tensor:
     r"""``(K, N)``: :math:`\log \sum_c p(x_i, z_{ik}, c)` over the model's enumerated sites ``c``,
-    by Pyro's plated sum-product contraction (products over nested plates, sums over values)."""
+    by Pyro's plated sum-product contraction (products over nested plates, sums over values).
+
+    With ``scaled``, the sites that depend on an enumerated value share one ``poutine.scale``
+    factor, applied outside the sum as ``TraceEnum_ELBO`` does; the others keep their own."""
     model_trace.pack_tensors()
     symbol = model_trace.plate_to_symbol
-    tree: OrderedDict = OrderedDict()
-    sum_dims: set[str] = set()
+    sites = [s for s in model_trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+    sum_dims = {s["infer"]["_enumerate_symbol"] for s in sites if s["infer"].get("_enumerate_symbol") is not None}
+    summed: OrderedDict = OrderedDict()  # sites whose log-probability carries an enumerated dim
+    apart: OrderedDict = OrderedDict()
     sizes: dict[str, int] = {}  # every dim's size, also where packing dropped a size-1 dim
+    scales = []  # of the summed sites: a number, or a factor's tensor (a graph input under jit)
     data_dim = None
-    for site in model_trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
+    for site in sites:
         p = site["packed"]
-        lp = p["log_prob"] if scaled else packed.scale_and_mask(p["unscaled_log_prob"], mask=p["mask"])
+        unscaled_lp = packed.scale_and_mask(p["unscaled_log_prob"], mask=p["mask"])
         frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-        tree.setdefault(frozenset(symbol[f.name] for f in frames), []).append(lp)
+        ordinal = frozenset(symbol[f.name] for f in frames)
+        if sum_dims.intersection(unscaled_lp._pyro_dims):
+            summed.setdefault(ordinal, []).append(unscaled_lp)
+            scales.append(site["scale"] if scaled else 1.0)
+        else:
+            apart.setdefault(ordinal, []).append(p["log_prob"] if scaled else unscaled_lp)
         sizes.update({symbol[f.name]: f.size for f in frames})
-        sizes.update(zip(lp._pyro_dims, lp.shape))
+        sizes.update(zip(unscaled_lp._pyro_dims, unscaled_lp.shape))
         data_dim = next(f.dim for f in frames if f.name == plate_name)
-        if site["infer"].get("_enumerate_symbol") is not None:
-            sum_dims.add(site["infer"]["_enumerate_symbol"])
+    if len({float(v) for v in scales}) > 1:
+        raise ContractError(
+            "the sites that depend on an enumerated value have different poutine.scale factors "
+            f"{sorted({float(v) for v in scales})}; as in TraceEnum_ELBO, they must share one"
+        )
     target = frozenset(symbol[name] for name in (plate_name, PARTICLE_PLATE))
-    joint = contract_to_tensor(tree, sum_dims, target_ordinal=target, ring=LogRing(dim_to_size=sizes))
-    joint = packed.unpack(joint, model_trace.symbol_to_dim)
+    ring = LogRing(dim_to_size=sizes)
+
+    def contract(tree, dims):
+        joint = contract_to_tensor(tree, dims, target_ordinal=target, ring=ring)
+        return packed.unpack(joint, model_trace.symbol_to_dim)
+
+    joint = scales[0] * contract(summed, sum_dims)
+    if apart:
+        joint = joint + contract(apart, set())
     return _per_datapoint(joint, particle_dim, data_dim, "the model's joint")
 
 

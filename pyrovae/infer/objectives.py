@@ -146,6 +146,10 @@ def register_objective(name: str, factory: Callable[[int, int | None], object]) 
 def make_objective(spec, num_particles: int = 1, max_plate_nesting: int | None = None):
     """The objective for a registered name, or ``spec`` itself when it is an objective object
     (with ``differentiable_loss``, or ``loss_and_grads`` as Pyro's ``TraceGraph_ELBO``, ``RenyiELBO``)."""
+    if isinstance(spec, type):
+        raise ValueError(
+            f"objective={spec.__name__} is a class; pass an instance, e.g. {spec.__name__}(max_plate_nesting=1)"
+        )
     if hasattr(spec, "differentiable_loss") or hasattr(spec, "loss_and_grads"):
         return spec
     if num_particles < 1:

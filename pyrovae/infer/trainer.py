@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -113,6 +114,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self._loss: Callable | None = None
+        self._eager_reason: str | None = None
         self.enumerated: list[str] = []
         self.epoch = 0
         self.steps = 0
@@ -156,6 +158,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, self.lr_decay)
         if not differentiable:  # e.g. RenyiELBO: Pyro computes the gradients itself
             self._loss = None
+            if self.jit:
+                self._eager_reason = (
+                    f"jit=True needs an objective with differentiable_loss; {type(self.objective).__name__} "
+                    "has only loss_and_grads, so it trains eagerly"
+                )
+                warnings.warn(self._eager_reason, stacklevel=4)
             return
 
         def loss(*tensors):
@@ -170,12 +178,15 @@ class Trainer:
 
     @property
     def jit_fallback(self) -> str | None:
-        """Why the compiled loss was given up (the warning's text), or ``None``."""
-        return self._loss.reason if isinstance(self._loss, TracedLoss) else None
+        """Why the loss is not compiled although ``jit=True`` (the warning's text), or ``None``."""
+        return self._loss.reason if isinstance(self._loss, TracedLoss) else self._eager_reason
 
     def _apply_schedules(self) -> None:
         for name, schedule in self.schedules.items():
-            set_factor(name, schedule(self.steps))
+            value = float(schedule(self.steps))
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"schedules[{name!r}] gives {value} at step {self.steps}; a factor must be >= 0")
+            set_factor(name, value)
 
     # ---------------------------------------------------------------- steps and epochs
 
@@ -209,9 +220,13 @@ class Trainer:
         if not torch.isfinite(loss):
             raise TrainingError(f"the loss became {loss.item()}; {_DIVERGED}")
 
-    def default_bound(self) -> str:
-        """The held-out bound: ``enum`` when the model has enumerated sites, else ``elbo``."""
-        return "enum" if self.enumerated else "elbo"
+    def default_bound(self, batch: tuple[torch.Tensor, ...] | None = None) -> str:
+        """The held-out bound: ``enum`` when the model has enumerated sites, else ``elbo``
+        (looked up on ``batch`` before the trainer is set up)."""
+        enumerated = self.enumerated
+        if self.optimizer is None and batch is not None:
+            enumerated = inspect_pair(self.model, self.guide, *(t[:16] for t in batch)).enumerated
+        return "enum" if enumerated else "elbo"
 
     def evaluate(
         self,
@@ -229,7 +244,7 @@ class Trainer:
         as it was, so evaluating does not change the course of training.
         """
         batch = as_tensors(self._prepare(data), heldout_generator(seed), what="evaluation data")
-        bound = make_objective(objective or self.default_bound(), num_particles, self.max_plate_nesting)
+        bound = make_objective(objective or self.default_bound(batch), num_particles, self.max_plate_nesting)
         model, guide = unscaled(self.model), unscaled(self.guide)
         total = 0.0
         with torch.random.fork_rng(devices=_devices(batch[0])), torch.no_grad():
@@ -281,7 +296,8 @@ class Trainer:
         for epoch in range(start_epoch, epochs + 1):
             if max_seconds is not None and time.perf_counter() - began >= max_seconds:
                 break
-            batch = first if epoch == start_epoch else as_tensors(source, _epoch_generator(seed, epoch), device)
+            redraw = epoch != start_epoch and getattr(source, "fresh_each_epoch", False)
+            batch = as_tensors(source, _epoch_generator(seed, epoch), device) if redraw else first
             if isinstance(self._loss, TracedLoss):
                 self._loss.recheck()  # a callback may have changed a number the graph froze
             order_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -352,6 +368,12 @@ class Trainer:
                 raise DataError(
                     f"the model rejects the {what}: {reason}. Check that the data lie in the "
                     "support of the likelihood (e.g. binarise images for a Bernoulli)"
+                ) from None
+            except RuntimeError as err:  # torch's size and dtype errors inside the pair
+                first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+                raise DataError(
+                    f"the model/guide pair fails on the first rows of the {what}: {first}. Check the "
+                    "tensors' shapes and dtypes against what the model and guide expect"
                 ) from None
 
     # ---------------------------------------------------------------- state

@@ -47,6 +47,10 @@ class PyroModel(Protocol):
         """Descriptive fields for evaluation summaries (likelihood, prior, ...)."""
 
 
+PROTOCOL = ("model", "guide", "data_space", "prepare_data", "check_data", "write_pictures", "generate",
+            "to_picture", "report")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered model: its class, and which constructor arguments come from the data."""
@@ -57,13 +61,15 @@ class ModelEntry:
     data_args: tuple[str, ...] = ("data_dim", "image_shape")
     configure: Callable[[dict[str, Any], str | None, int], dict[str, Any]] | None = None
 
-    def option_defaults(self) -> dict[str, Any]:
-        """The model's options and their defaults, read from its constructor."""
+    def _options(self) -> list[inspect.Parameter]:
         params = inspect.signature(self.cls.__init__).parameters.values()
-        return {
-            p.name: p.default for p in params
-            if p.name not in ("self", "name", *self.data_args) and p.default is not inspect.Parameter.empty
-        }
+        return [p for p in params if p.name not in ("self", "name", *self.data_args)
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The model's options and their defaults, read from its constructor (``inspect.Parameter.empty``
+        for an option without one, which a run must give)."""
+        return {p.name: p.default for p in self._options()}
 
     def resolve(self, options: dict[str, Any], data_space: str | None = None, levels: int = 256) -> dict[str, Any]:
         """Every option with its value: the given ones, then what the data imply, then defaults."""
@@ -73,9 +79,15 @@ class ModelEntry:
             raise ConfigError(
                 f"model {self.name!r} has no option(s) {unknown}; its options: {sorted(defaults)}"
             )
+        missing = sorted(k for k, v in defaults.items() if v is inspect.Parameter.empty and k not in options)
+        if missing:
+            raise ConfigError(f"model {self.name!r} needs the option(s) {missing} (e.g. --model-opt {missing[0]}=...)")
         resolved = {**defaults, **options}
         if self.configure is not None:
-            resolved = self.configure(resolved, data_space, levels)
+            try:
+                resolved = self.configure(resolved, data_space, levels)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"model {self.name!r}: {err}") from None
         return {k: _plain(v) for k, v in resolved.items()}
 
     def build(self, options: dict[str, Any], data_dim: int, image_shape) -> Any:
@@ -97,7 +109,13 @@ def register_model(
     data_args: tuple[str, ...] = ("data_dim", "image_shape"),
     configure: Callable[[dict[str, Any], str | None, int], dict[str, Any]] | None = None,
 ) -> ModelEntry:
-    """Add ``cls`` to the zoo as ``name`` (``pyrovae train --model name``)."""
+    """Add ``cls`` to the zoo as ``name`` (``pyrovae train --model name``); ``cls`` must provide
+    the :class:`PyroModel` members and take ``data_args`` in its constructor."""
+    missing = [m for m in PROTOCOL if not hasattr(cls, m)]
+    taken = inspect.signature(cls.__init__).parameters
+    missing += [f"__init__({a}=...)" for a in data_args if a not in taken]
+    if missing:
+        raise TypeError(f"{cls.__name__} cannot join the zoo as {name!r}: it lacks {missing} (see PyroModel)")
     entry = ModelEntry(name, cls, summary, data_args, configure)
     MODELS[name] = entry
     return entry

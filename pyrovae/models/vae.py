@@ -73,7 +73,10 @@ class VAE(nn.Module):
         self.data_dim, self.latent_dim, self.name = data_dim, latent_dim, name
         self.image_shape = tuple(image_shape)
         self.likelihood = make_likelihood(likelihood, **(likelihood_options or {}))
-        self.prior = make_prior(prior, latent_dim, **(prior_options or {}))
+        prior_options = dict(prior_options or {})
+        if prior == "vamp":  # pseudo-inputs live where the data do (levels, counts)
+            prior_options.setdefault("input_range", _data_range(self.likelihood))
+        self.prior = make_prior(prior, latent_dim, **prior_options)
         out_dim = self.likelihood.decoder_outputs(data_dim)
         if arch == "mlp":
             self.encoder = MLPEncoder(data_dim, hidden, latent_dim, activation)
@@ -199,17 +202,20 @@ class VAE(nn.Module):
         return written
 
 
+def _data_range(likelihood: Likelihood) -> tuple[float, float]:
+    """The range of the values a likelihood's data space holds."""
+    if likelihood.data_space == "levels":
+        return 0.0, float(likelihood.levels - 1)
+    if likelihood.data_space == "counts":
+        return 0.0, 255.0  # 8-bit images as counts
+    return 0.0, 1.0
+
+
 def configure_vae(options: dict[str, Any], data_space: str | None, levels: int) -> dict[str, Any]:
-    """Options that follow from the run's data: a categorical's levels are the data's levels, a
-    VampPrior's pseudo-inputs live where the data do (levels or counts)."""
+    """Options that follow from the run's data: a categorical's levels are the data's levels."""
     options = dict(options)
     lik_options = dict(options["likelihood_options"] or {})
     if options["likelihood"] == "categorical":
-        levels = lik_options.setdefault("levels", levels)  # the data's levels follow the likelihood's
+        lik_options.setdefault("levels", levels)
     options["likelihood_options"] = lik_options
-    space = data_space or make_likelihood(options["likelihood"], **lik_options).data_space
-    if options["prior"] == "vamp" and space in ("levels", "counts"):
-        prior_options = dict(options.get("prior_options") or {})
-        prior_options.setdefault("input_range", (0.0, float(levels - 1 if space == "levels" else 255)))
-        options["prior_options"] = prior_options
     return options
