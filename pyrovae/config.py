@@ -10,7 +10,9 @@ Data dimensions are read from the data when the run starts, not assumed.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,75 @@ _V01_MODEL_KEYS = (
 
 class ConfigError(ValueError):
     """A run configuration that cannot be used as written."""
+
+
+def check_options(cls: type, options: dict[str, Any], what: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``options`` for ``cls(**options)``, checked against its constructor: names it takes, and
+    values of its defaults' types (an integer where the default is one, a finite number where it
+    is a float, a tuple of numbers where it is a tuple). Raises :class:`ConfigError` naming the
+    option and what it takes."""
+    params = {
+        n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+        if n not in ("self", *skip) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    checked = {}
+    for key, value in options.items():
+        if key not in params:
+            known = ", ".join(f"{n}={p.default!r}" if p.default is not p.empty else n for n, p in params.items())
+            raise ConfigError(f"{what} has no option {key!r}; its options: {known or 'none'}")
+        param = params[key]
+        default = param.default
+        if default is None or default is param.empty:  # the annotation says what it takes
+            default = _example(str(param.annotation))
+        checked[key] = _coerce(value, default, f"{what} option {key}")
+    return checked
+
+
+def _example(annotation: str) -> Any:
+    """A value of the type an annotation such as ``"tuple[int, ...] | None"`` names (or ``None``)."""
+    for text, example in (("tuple[int", (0,)), ("tuple[float", (0.0,)), ("int", 0), ("float", 0.0)):
+        if annotation.startswith(text) or f"| {text}" in annotation:
+            return example
+    return None
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    if default is inspect.Parameter.empty or default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, not {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be an integer, not {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ConfigError(f"{name} must be a finite number, not {value!r}")
+    if isinstance(default, tuple):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = (value,)
+        free = len(default) == 1  # an example from an annotation: any length
+        if isinstance(value, (tuple, list)) and (free or len(value) == len(default)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        ):
+            kind = type(default[0])
+            if kind is int and not all(float(v).is_integer() for v in value):
+                raise ConfigError(f"{name} must be comma-separated integers, not {value!r}")
+            return tuple(kind(v) for v in value) if free else tuple(type(d)(v) for d, v in zip(default, value))
+        if free:
+            kind = "integers (like 64,64)" if isinstance(default[0], int) else "numbers (like 0.5,0.5)"
+            raise ConfigError(f"{name} must be comma-separated {kind}, not {value!r}")
+        raise ConfigError(
+            f"{name} must be {len(default)} comma-separated numbers (like {','.join(map(str, default))}), not {value!r}"
+        )
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a word (one of the documented choices), not {value!r}")
+    return value
 
 
 @dataclass

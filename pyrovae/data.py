@@ -212,40 +212,88 @@ def _cache_dir() -> Path:
     return Path(cache) / "pyrovae"
 
 
+def _md5(path: Path, _seen: dict = {}) -> str:  # noqa: B006 -- a cache keyed by size and mtime
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _seen:
+        digest = hashlib.md5()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _seen[key] = digest.hexdigest()
+    return _seen[key]
+
+
+def _resources(folder: str) -> dict[str, str]:
+    """File name -> MD5 of a dataset's four archives, as torchvision pins them."""
+    import torchvision
+
+    return dict(getattr(torchvision.datasets, folder).resources)
+
+
+def _check_archives(raw: Path, folder: str) -> list[str]:
+    """The MD5s of the archives present in ``raw``; a :class:`DataError` names a wrong one
+    (truncated, corrupt, or another dataset's file under the same name)."""
+    expected = _resources(folder)
+    known = {md5: (other, name) for other in DATASETS.values() for name, md5 in _resources(other).items()}
+    found = []
+    for name, md5 in expected.items():
+        path = raw / name
+        if not path.exists():
+            continue
+        if not path.is_file():
+            raise DataError(f"{path} is not a file")
+        actual = _md5(path)
+        if actual != md5:
+            other = known.get(actual)
+            why = (f"it is {other[0]}'s {other[1]}" if other else
+                   f"it is truncated or corrupt ({path.stat().st_size:,} bytes)")
+            raise DataError(
+                f"{path} has MD5 {actual}, not the {md5} of {folder}'s {name}: {why}. Replace it with the "
+                f"original (its MD5 is pinned by torchvision.datasets.{folder}.resources)"
+            )
+        found.append(actual)
+    return found
+
+
 def _torchvision_root(root: Path, folder: str) -> Path:
     """A root torchvision can use without writing into ``root``.
 
-    torchvision unpacks ``raw/*.gz`` next to the archives. When ``root`` holds only the
-    archives (a shared, possibly read-only copy), link them into a cache mirror and let
-    torchvision unpack there, so the user's data folder is never modified.
+    torchvision unpacks ``raw/*.gz`` next to the archives and downloads missing ones there.
+    Unless ``root`` already holds the unpacked files, link its (MD5-checked) archives into a
+    cache mirror named after their checksums, and let torchvision unpack -- or download -- there:
+    the user's data folder is never modified, and archives that change get a fresh unpacking.
     """
     raw = root / folder / "raw"
-    unpacked = [raw / f[: -len(".gz")] for pair in _FILES.values() for f in pair]
-    archives = [raw / f for pair in _FILES.values() for f in pair]
-    if all(p.exists() for p in unpacked) or not all(p.exists() for p in archives):
+    unpacked = [raw / f[: -len(".gz")] for f in _resources(folder)]
+    md5s = _check_archives(raw, folder)
+    if all(p.is_file() for p in unpacked):
         return root
-    mirror = _cache_dir() / "mirror" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    key = "".join(md5s) if len(md5s) == len(unpacked) else f"incomplete:{root.resolve()}"
+    mirror = _cache_dir() / "mirror" / hashlib.sha1(key.encode()).hexdigest()[:12]
     (mirror / folder / "raw").mkdir(parents=True, exist_ok=True)
-    for a in archives:
-        link = mirror / folder / "raw" / a.name
-        if not link.exists():
+    for name in _resources(folder):
+        archive, link = raw / name, mirror / folder / "raw" / name
+        if archive.exists() and not link.exists():
             with contextlib.suppress(FileExistsError):  # another process made it first
-                link.symlink_to(a.resolve())
+                link.symlink_to(archive.resolve())
     return mirror
 
 
 @contextlib.contextmanager
 def _unpack_lock(root: Path):
     """Serialise torchvision's unpacking between processes (e.g. runs started together),
-    which otherwise read each other's half-written files."""
+    which otherwise read each other's half-written files. The lock file lives in the cache,
+    never in the data folder."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, as torchvision itself
         yield
         return
-    lock_dir = root if os.access(root, os.W_OK) else _cache_dir()
+    lock_dir = _cache_dir() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / ".pyrovae-unpack.lock", "w") as f:
+    name = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    with open(lock_dir / f"unpack-{name}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -263,8 +311,10 @@ def load_dataset(
     """MNIST or Fashion-MNIST (``name``) as :class:`ImageData`, via torchvision.
 
     ``data_dir`` (else ``$PYROVAE_DATA``, else a cache folder) holds torchvision's layout,
-    ``<data_dir>/MNIST/raw/*.gz``. Missing files are downloaded when ``download`` is true and
-    the machine is online; otherwise a :class:`DataError` names the files it needs.
+    ``<data_dir>/MNIST/raw/*.gz``; a given folder must exist (it is never created or written
+    to). Archives are checked against torchvision's MD5s. Missing files are downloaded into the
+    cache when ``download`` is true and the machine is online; otherwise a :class:`DataError`
+    names the files it needs.
     """
     if name == "embedded":
         return load_embedded_mnist(space=space)
@@ -275,11 +325,19 @@ def load_dataset(
     import torchvision
 
     folder = DATASETS[name]
+    given = data_dir or os.environ.get(DATA_ENV)
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if given and not root.is_dir():
+        where = "--data-dir" if data_dir else f"${DATA_ENV}"
+        raise DataError(
+            f"{where} {root} {'is not a folder' if root.exists() else 'does not exist'}; point --data-dir or "
+            f"${DATA_ENV} at a folder that holds {folder}/raw/*.gz (torchvision's layout), or leave both unset "
+            "to use (and download into) the cache"
+        )
     cls = getattr(torchvision.datasets, folder)
+    tv_root = _torchvision_root(root, folder)
     try:
         # torchvision prints each failed mirror; the error below says all that matters.
-        tv_root = _torchvision_root(root, folder)
         with _unpack_lock(tv_root), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             ds = cls(str(tv_root), train=split == "train", download=download)
@@ -353,6 +411,21 @@ def as_tensors(
     if device is not None:
         tensors = tuple(t.to(device) for t in tensors)
     return tensors
+
+
+def as_float_tensor(x, dtype: torch.dtype = torch.float32):
+    """``x`` as a floating tensor of ``dtype`` where the meaning is clear -- bool (0/1), integers
+    (counts, levels, 0/1), other float precisions, numpy arrays -- and anything else unchanged
+    (a tuple, a data source) or refused (complex numbers, strings) with the fix."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biuf":
+            raise DataError(f"data of numpy dtype {x.dtype} cannot be observations; pass numbers")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not torch.is_tensor(x):
+        return x
+    if x.is_complex():
+        raise DataError(f"data of dtype {x.dtype} cannot be observations; pass real numbers (x.real or x.abs())")
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def check_batch(tensors: Sequence[torch.Tensor], what: str = "data") -> None:

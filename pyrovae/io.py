@@ -4,8 +4,10 @@ and renames it into place, so an interrupted process never leaves half a file be
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -38,7 +40,18 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Strict JSON: NaN and infinities (e.g. an undefined k-hat) are written as ``null``."""
+    write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -48,3 +61,8 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import check_options
 from .data import DataError
 from .distributions import IndependentBernoulli, IndependentCategorical, RowMultinomial
 
@@ -404,6 +405,8 @@ class Poisson(_Counts):
 
     def __init__(self, min_rate: float = 1e-6) -> None:
         super().__init__()
+        if not min_rate > 0:
+            raise ValueError(f"min_rate must be positive, not {min_rate}")
         self.min_rate = float(min_rate)
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
@@ -424,6 +427,8 @@ class Multinomial(_Counts):
 
     def __init__(self, total_count: int | None = None) -> None:
         super().__init__()
+        if total_count is not None and (int(total_count) != total_count or total_count < 1):
+            raise ValueError(f"total_count must be a positive integer or None, not {total_count}")
         self.total_count = total_count
 
     def forward(self, out: torch.Tensor) -> RowMultinomial:
@@ -459,4 +464,5 @@ def make_likelihood(spec: str | Likelihood, **options) -> Likelihood:
         return spec
     if spec not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {spec!r}; choose one of {sorted(LIKELIHOODS)}")
-    return LIKELIHOODS[spec](**options)
+    cls = LIKELIHOODS[spec]
+    return cls(**check_options(cls, options, f"the {spec} likelihood"))

@@ -33,6 +33,7 @@ from pyro.distributions.transforms.spline import ConditionalSpline, ConditionedS
 from pyro.nn import DenseNN
 from torch import nn
 
+from .config import check_options
 from .nets import ConvEncoder, MLPEncoder
 
 
@@ -107,6 +108,8 @@ class MixtureOfGaussians(Prior):
         super().__init__(latent_dim)
         if components < 1:
             raise ValueError(f"components must be >= 1, not {components}")
+        if not init_spread > 0:
+            raise ValueError(f"init_spread must be positive, not {init_spread}")
         self.components = components
         self.logits = nn.Parameter(torch.zeros(components))
         self.locs = nn.Parameter(torch.randn(components, latent_dim) * init_spread)
@@ -151,6 +154,8 @@ class VampPrior(Prior):
         super().__init__(latent_dim)
         if pseudo_inputs < 1:
             raise ValueError(f"pseudo_inputs must be >= 1, not {pseudo_inputs}")
+        if input_range is not None and not input_range[0] < input_range[1]:
+            raise ValueError(f"input_range must be (low, high) with low < high, not {input_range}")
         self.num_pseudo = pseudo_inputs
         self.input_range = None if input_range is None else (float(input_range[0]), float(input_range[1]))
         self._encoder: list[nn.Module] = []  # a plain list: not registered as a submodule
@@ -238,8 +243,12 @@ class FlowPrior(Prior):
         hidden_dims: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(latent_dim)
-        if num_flows < 1:
-            raise ValueError(f"num_flows must be >= 1, not {num_flows}")
+        if num_flows < 1 or count_bins < 1 or not bound > 0:
+            raise ValueError(
+                f"need num_flows >= 1, count_bins >= 1 and bound > 0; got {num_flows}, {count_bins}, {bound}"
+            )
+        if hidden_dims is not None and (not hidden_dims or min(hidden_dims) < 1):
+            raise ValueError(f"hidden_dims must be positive widths, not {hidden_dims}")
         self.num_flows, self.count_bins = num_flows, count_bins
         hidden = list(hidden_dims) if hidden_dims is not None else [max(10 * latent_dim, 32)] * 2
         self.flows = nn.ModuleList(
@@ -328,5 +337,6 @@ def make_prior(spec: str | Prior, latent_dim: int, **options) -> Prior:
         return spec
     if spec not in PRIORS:
         raise ValueError(f"unknown prior {spec!r}; choose one of {sorted(PRIORS)}")
-    return PRIORS[spec](latent_dim, **options)
+    cls = PRIORS[spec]
+    return cls(latent_dim, **check_options(cls, options, f"the {spec} prior", skip=("latent_dim",)))
 

@@ -4,6 +4,11 @@ The factories :func:`load_run_data`, :func:`~pyrovae.models.build_model` and
 :func:`build_trainer` are what ``pyrovae train`` calls, so a Python user who starts from a
 :class:`~pyrovae.config.RunConfig` gets the same data, model and defaults as the CLI.
 
+**Transactions.** :class:`RunFolder` gives a folder one writer at a time (a lock file beside
+it), builds a new or overwritten run in a hidden folder beside it and swaps it in at its first
+checkpoint, so that a run that fails, or is killed, before its first epoch ends leaves the
+previous folder untouched (or none), and leftovers of a killed writer are cleared by the next.
+
 A run folder holds
 
 * ``config.json`` -- the :class:`~pyrovae.config.RunConfig`, enough to rebuild the model and
@@ -18,6 +23,12 @@ Every file is written atomically (:mod:`pyrovae.io`).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +37,7 @@ import torch
 from .config import ConfigError, RunConfig
 from .data import ImageData, load_dataset
 from .infer import Trainer
-from .io import atomic_write
+from .io import atomic_write, file_fingerprint
 from .models import build_model
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
@@ -70,20 +81,136 @@ def build_trainer(model, config: RunConfig) -> Trainer:
     )
 
 
+class RunBusyError(RuntimeError):
+    """Another process is writing the run folder."""
+
+
+class RunFolder:
+    """One writer for a run folder; a new run is built aside and swapped in at :meth:`commit`.
+
+    ``fresh=True`` (a new run, or ``--overwrite``): files go to a hidden staging folder next to
+    ``path`` until :meth:`commit`, which replaces ``path`` with it in one step (the old folder is
+    moved away first and deleted after); leaving the ``with`` block without a commit deletes the
+    staging folder and leaves ``path`` as it was. ``fresh=False`` (resume, evaluate): files go to
+    ``path`` itself. Either way the lock ``.<name>.lock`` beside the folder keeps out a second
+    writer, and on entry the leftovers of a killed writer (staging folders, half-written
+    temporary files) are removed.
+    """
+
+    def __init__(self, path: str | Path, *, fresh: bool) -> None:
+        self.path, self.fresh = Path(path), fresh
+        self.staging: Path | None = None
+        self.committed = False
+        self._lock = None
+
+    @property
+    def dir(self) -> Path:
+        """Where files go now: the staging folder until the first commit, then the run folder."""
+        return self.staging if self.staging is not None and not self.committed else self.path
+
+    def __enter__(self) -> RunFolder:
+        parent = self.path.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _try_lock(parent / f".{self.path.name}.lock", self.path)
+        self._recover()
+        if self.fresh:
+            self.staging = parent / f".{self.path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.staging.mkdir()
+        return self
+
+    def commit(self) -> None:
+        """Make the staged run *the* run (once; later calls do nothing)."""
+        if self.committed or self.staging is None:
+            self.committed = True
+            return
+        old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(self.staging, self.path)
+        self.committed = True
+        shutil.rmtree(old, ignore_errors=True)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.staging is not None and not self.committed:
+                shutil.rmtree(self.staging, ignore_errors=True)
+        finally:
+            _unlock(self._lock)
+
+    def _recover(self) -> None:
+        parent, name = self.path.parent, self.path.name
+        for old in parent.glob(f".{name}.old-*"):  # a writer killed between the two renames
+            if not self.path.exists():
+                os.replace(old, self.path)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+        for staged in parent.glob(f".{name}.new-*"):
+            shutil.rmtree(staged, ignore_errors=True)
+        if self.path.is_dir():
+            for tmp in self.path.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def _try_lock(path: Path, run: Path):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunBusyError(
+            f"{run} is being written by another pyrovae process (train, evaluate or sample); "
+            "wait for it to finish, or use another folder"
+        ) from None
+    return f
+
+
+def _unlock(f) -> None:
+    if f is None:
+        return
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
+
+
 def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> None:
     atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """``checkpoint.pt`` read with ``weights_only=True`` (tensors and containers, no code)."""
+    return read_checkpoint(run_dir, map_location)[0]
+
+
+def read_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, str]:
+    """The checkpoint and a fingerprint of its bytes (the first 16 hex digits of their SHA-256),
+    read once, so that what is scored is what is stamped."""
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a pyrovae run folder?")
+    data = path.read_bytes()
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, corrupt, or not a plain-tensor checkpoint
-        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")
-        raise ConfigError(f"{path} cannot be read as a pyrovae checkpoint ({type(err).__name__}: {first})") from None
+        if "Weights only load failed" in str(err):
+            why = "it holds objects other than tensors and plain containers, which pyrovae refuses to unpickle"
+        else:
+            why = f"it is truncated or not a checkpoint ({type(err).__name__})"
+        raise ConfigError(f"{path} cannot be read as a pyrovae checkpoint: {why}") from None
+    if not isinstance(state, dict) or "module" not in state or "trainer" not in state:
+        raise ConfigError(f"{path} is not a pyrovae checkpoint (no 'module' and 'trainer' entries)")
+    return state, hashlib.sha256(data).hexdigest()[:16]
+
+
+def checkpoint_fingerprint(run_dir: str | Path) -> str | None:
+    """The fingerprint of the run's ``checkpoint.pt`` now (``None`` without one)."""
+    path = Path(run_dir) / CHECKPOINT
+    return file_fingerprint(path) if path.exists() else None
 
 
 def restore_module(module, state: dict[str, Any], run_dir: str | Path) -> None:
@@ -104,7 +231,14 @@ def load_config(run_dir: str | Path) -> RunConfig:
 
 def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, RunConfig]:
     """The trained model of a run folder (parameters from its checkpoint) and its config."""
+    model, config, _ = load_run(run_dir, map_location)
+    return model, config
+
+
+def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, RunConfig, dict]:
+    """Model, config and what the checkpoint says of itself: ``{"epoch", "fingerprint"}``."""
     config = load_config(run_dir)
     model = build_model(config)
-    restore_module(model, load_checkpoint(run_dir, map_location), run_dir)
-    return model.to(map_location), config
+    state, fingerprint = read_checkpoint(run_dir, map_location)
+    restore_module(model, state, run_dir)
+    return model.to(map_location), config, {"epoch": int(state["trainer"].get("epoch", 0)), "fingerprint": fingerprint}

@@ -28,10 +28,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .io import file_fingerprint
 
 GREY_LEVELS = 256
 
@@ -40,17 +43,23 @@ class ComparisonError(ValueError):
     """Runs that cannot be ranked against each other (different data, scales or K)."""
 
 
-def data_scale(data_space: str, levels: int | None = None) -> tuple[str, float]:
-    """``(scale, offset per dimension in nats)`` that maps a score in ``data_space`` to a log-mass."""
+def data_scale(data_space: str, levels: int | None = None, discrete: bool = True) -> tuple[str, float]:
+    """``(scale, offset per dimension in nats)`` that maps a score in ``data_space`` to a log-mass.
+
+    A density (``discrete=False``) fitted to binarised images, levels or counts is no mass of
+    them: it gets a scale of its own (``binary-dynamic-density``, ...), never ranked with masses.
+    """
     if data_space == "dequantized":
         return "8-bit", -math.log(GREY_LEVELS)
+    if data_space == "grey":
+        return "grey-density", 0.0
+    if not discrete:
+        return f"{data_space}-density", 0.0
     if data_space == "levels":
         levels = levels or GREY_LEVELS
         if GREY_LEVELS % levels:
             return f"levels-{levels}", 0.0
         return "8-bit", -math.log(GREY_LEVELS // levels)
-    if data_space == "grey":
-        return "grey-density", 0.0
     return data_space, 0.0  # binary spaces, counts: already log-masses
 
 
@@ -59,9 +68,11 @@ def bits_per_dim(nats_per_image: float, data_dim: int) -> float:
     return -nats_per_image / (data_dim * math.log(2))
 
 
-def on_scale(log_px: float, data_dim: int, data_space: str, levels: int | None = None) -> dict[str, float | str]:
+def on_scale(
+    log_px: float, data_dim: int, data_space: str, levels: int | None = None, discrete: bool = True
+) -> dict[str, float | str]:
     """Nats per image and bits per dimension of ``log_px`` on the scale of :func:`data_scale`."""
-    scale, offset = data_scale(data_space, levels)
+    scale, offset = data_scale(data_space, levels, discrete)
     nats = log_px + data_dim * offset
     return {"scale": scale, "nats_per_image": nats, "bits_per_dim": bits_per_dim(nats, data_dim)}
 
@@ -79,13 +90,13 @@ class Scored:
     @classmethod
     def from_result(
         cls, name: str, res, data_space: str, *, levels: int | None = None, dataset: str = "",
-        heldout_seed: int | None = None, likelihood: str = "", prior: str = "",
+        heldout_seed: int | None = None, likelihood: str = "", prior: str = "", discrete: bool = True,
     ) -> Scored:
         """From a :class:`~pyrovae.infer.MarginalLikelihood` of ``(N, D)`` data in ``data_space``."""
         data_dim = res.extras.get("data_dim")
         if data_dim is None:
             raise ValueError("the result does not record the data dimension; pass data from log_marginal_likelihood")
-        scale, offset = data_scale(data_space, levels)
+        scale, offset = data_scale(data_space, levels, discrete)
         summary = {
             **res.summary(), "scale": scale, "dataset": dataset, "data": dataset, "heldout_seed": heldout_seed,
             "data_dim": data_dim, "data_space": data_space, "levels": levels,
@@ -100,21 +111,42 @@ class Scored:
         return (s["scale"], s["dataset"], s.get("data"), s["heldout_seed"], s["num_datapoints"], s["data_dim"])
 
 
+_EVALUATION = re.compile(r"^evaluation-K(\d+)(?:-first(\d+))?\.json$")
+
+
+def evaluations(run: str | Path) -> list[tuple[int, int | None, Path]]:
+    """``(K, subset or None, path)`` of every evaluation summary in a run folder."""
+    found = []
+    for path in Path(run).glob("evaluation-K*.json"):
+        m = _EVALUATION.match(path.name)
+        if m:
+            found.append((int(m.group(1)), int(m.group(2)) if m.group(2) else None, path))
+    return found
+
+
 def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
-    """Read ``RUN/evaluation-K<K>.json`` and ``.csv`` (the largest K when not given)."""
+    """Read a run's evaluation (``.json`` and ``.csv``): the whole held-out set before a subset,
+    then the largest K (or ``num_samples``). Refuses an evaluation of another checkpoint than the
+    run's, and a summary whose CSV is not the one it was written with."""
     run = Path(run)
-    if num_samples is None:
-        found = sorted(int(p.stem.split("-K")[1]) for p in run.glob("evaluation-K*.json"))
-        if not found:
-            raise ComparisonError(f"{run}: no evaluation-K*.json; run `pyrovae evaluate {run}` first")
-        num_samples = found[-1]
-    path = run / f"evaluation-K{num_samples}.json"
-    if not path.exists():
-        raise ComparisonError(f"{run}: no {path.name}; run `pyrovae evaluate {run} --num-samples {num_samples}`")
-    summary = json.loads(path.read_text())
-    scale, offset = data_scale(summary["data_space"], summary.get("levels"))
-    summary.setdefault("scale", scale)
-    with open(path.with_suffix(".csv")) as f:
+    found = [e for e in evaluations(run) if num_samples is None or e[0] == num_samples]
+    if not found:
+        what = f"evaluation-K{num_samples}.json" if num_samples else "evaluation-K*.json"
+        fix = f"pyrovae evaluate {run}" + (f" --num-samples {num_samples}" if num_samples else "")
+        raise ComparisonError(f"{run}: no {what}; run `{fix}` first")
+    k, subset, path = max(found, key=lambda e: (e[1] is None, e[0], e[1] or 0))
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ComparisonError(f"{path} is not valid JSON ({err}); run `pyrovae evaluate {run}` again") from None
+    _check_current(run, path, summary)
+    scale, offset = data_scale(summary["data_space"], summary.get("levels"), summary.get("discrete_likelihood", True))
+    summary["scale"] = scale
+    csv_path = path.with_suffix(".csv")
+    recorded = summary.get("csv_fingerprint")
+    if not csv_path.exists() or (recorded is not None and recorded != file_fingerprint(csv_path)):
+        raise ComparisonError(f"{csv_path} is missing or is not the one {path.name} was written with; evaluate again")
+    with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     log_px = np.array([float(r["log_px"]) for r in rows]) + summary["data_dim"] * offset
     return Scored(
@@ -124,6 +156,18 @@ def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
         khat=np.array([float(r["khat"]) for r in rows]),
         summary=summary,
     )
+
+
+def _check_current(run: Path, path: Path, summary: dict) -> None:
+    stamp = summary.get("checkpoint_fingerprint")
+    checkpoint = run / "checkpoint.pt"
+    if stamp is None or not checkpoint.exists():
+        return  # pyrovae 0.1 evaluations carry no stamp; a copied evaluation has no checkpoint
+    if file_fingerprint(checkpoint) != stamp:
+        raise ComparisonError(
+            f"{path} scored the checkpoint of epoch {summary.get('checkpoint_epoch')}, but {run} now holds "
+            f"another (trained further, or overwritten); run `pyrovae evaluate {run}` again"
+        )
 
 
 def compare(runs: list[str | Path] | list[Scored], num_samples: int | None = None) -> list[dict]:
@@ -251,5 +295,5 @@ def fit_and_score(
                                   khat_warn_share=1.0)
     return Scored.from_result(
         name, res, test.space, levels=test.levels, dataset=test.name, heldout_seed=heldout_seed(seed),
-        likelihood=vae.likelihood.name, prior=vae.prior.name,
+        likelihood=vae.likelihood.name, prior=vae.prior.name, discrete=vae.likelihood.discrete,
     )

@@ -51,7 +51,9 @@ class LinearGaussian(nn.Module):
                         .to_event(1))
 
     def prepare_data(self, data):
-        return data.with_space(data.space or self.data_space)
+        if isinstance(data, pyrovae.ImageData):
+            return data.with_space(data.space or self.data_space)
+        return data.float() if torch.is_tensor(data) else data
 
     def check_data(self, x, what="data"):
         if x.dim() != 2:
@@ -91,9 +93,9 @@ def test_a_registered_model_trains_evaluates_and_samples_from_the_cli(registered
     assert config["model"] == registered and config["model_options"] == {"latent_dim": 2, "noise": 0.3}
     assert config["data_space"] == "grey" and config["data_dim"] == 784
     assert main(["evaluate", str(run), "--num-samples", "30", "--max-datapoints", "40", "--no-progress"]) == 0
-    summary = json.loads((run / "evaluation-K30.json").read_text())
+    summary = json.loads((run / "evaluation-K30-first40.json").read_text())
     assert summary["model"] == registered and summary["scale"] == "grey-density"
-    assert len(list(csv.DictReader((run / "evaluation-K30.csv").open()))) == 40
+    assert len(list(csv.DictReader((run / "evaluation-K30-first40.csv").open()))) == 40
     assert main(["sample", str(run), "--num", "9", "--draws", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
 
@@ -244,7 +246,7 @@ def test_library_errors_name_python_arguments_and_the_cli_names_flags(tmp_path, 
     run = tmp_path / "r"
     assert main(["train", "--batch-size", "0", "--out", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "--batch-size 0 is out of range" in err and "Traceback" not in err and not run.exists()
+    assert "argument --batch-size: must be at least 1, got 0" in err and "Traceback" not in err and not run.exists()
     w = nn.Parameter(torch.tensor(0.0))
 
     def model(x):

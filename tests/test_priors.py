@@ -51,7 +51,7 @@ def test_make_prior_passes_options():
     assert make_prior("mog", 3, components=4).locs.shape == (4, 3)
     assert make_prior("vamp", 3, pseudo_inputs=7, data_dim=12).pseudo_inputs.shape == (7, 12)
     assert len(make_prior("flow", 3, num_flows=3).flows) == 3
-    with pytest.raises(TypeError):
+    with pytest.raises(pyrovae.ConfigError, match="the normal prior has no option 'components'"):
         make_prior("normal", 3, components=4)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import re
 from typing import Any
 
@@ -43,24 +44,99 @@ def to_flags(message: str) -> str:
     return _KEYWORD.sub(flag, _WITH_SPACE.sub(space, message))
 
 
-def int_list(text: str) -> list[int]:
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``pyrovae train: error: argument --lr: ...``, status 2) and
+    without abbreviated flags (``--epoch`` is not ``--epochs``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(text: str, cast, kind: str):
     try:
-        return [int(t) for t in text.split(",") if t]
+        value = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int, "a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = _number(text, int, "a whole number")
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    return value
+
+
+def at_least(low: int):
+    """An integer >= ``low`` (e.g. 2 importance samples, 2 grey levels)."""
+
+    def check(text: str) -> int:
+        value = _number(text, int, "a whole number")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    check.__name__ = f"integer >= {low}"
+    return check
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated positive widths, e.g. ``400`` or ``200,200``."""
+    parts = [t.strip() for t in text.split(",")]
+    if not text.strip() or not all(p.lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers like 200,200, got {text!r}")
+    widths = [int(p) for p in parts]
+    if min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be at least 1, got {text!r}")
+    return widths
 
 
 def option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as a number when it is one."""
+    """``KEY=VALUE``: VALUE is a number, ``a,b`` (a tuple of numbers), ``true``/``false``,
+    ``none``, or a word."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip().replace("-", "_"), _option_value(value.strip())
+
+
+def _option_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    if "," in text:
+        return tuple(_option_value(t.strip()) for t in text.split(","))
     for cast in (int, float):
         try:
-            return key.replace("-", "_"), cast(value)
+            value = cast(text)
         except ValueError:
-            pass
-    return key.replace("-", "_"), value
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"option values must be finite, got {text!r}")
+        return value
+    return text
 
 
 def options_help(registry: dict[str, type], skip: tuple[str, ...] = ()) -> str:

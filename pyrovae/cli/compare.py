@@ -7,7 +7,7 @@ import argparse
 from ..io import write_text
 from ..plots import plot_compare
 from ..scoring import ComparisonError, compare, format_table
-from .common import CLIError
+from .common import CLIError, positive_int
 
 
 def add_parser(sub) -> None:
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     c.add_argument("runs", nargs="+", help="run folders with evaluation-K<K>.json/.csv")
-    c.add_argument("--num-samples", type=int, default=None, help="which evaluation K (default: the largest)")
+    c.add_argument("--num-samples", type=positive_int, default=None, help="which evaluation K (default: the largest)")
     c.add_argument("--png", default="comparison.png", help="where to write the picture")
     c.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     c.set_defaults(func=cmd_compare)

@@ -12,11 +12,11 @@ import torch
 from ..data import as_tensors, heldout_generator, heldout_seed
 from ..infer import log_marginal_likelihood
 from ..infer.importance import DEFAULT_CHUNK_SIZE
-from ..io import write_csv, write_json
+from ..io import file_fingerprint, write_csv, write_json
 from ..plots import plot_khat
-from ..runs import load_model, load_run_data
+from ..runs import RunFolder, checkpoint_fingerprint, load_run, load_run_data
 from ..scoring import on_scale
-from .common import CLIError, device
+from .common import CLIError, at_least, device, positive_int, seed
 
 
 def add_parser(sub) -> None:
@@ -31,15 +31,18 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run", help="run folder written by `pyrovae train`")
-    p.add_argument("--num-samples", type=int, default=5000, help="importance samples K per datapoint")
-    p.add_argument("--max-datapoints", type=int, default=None, help="evaluate only the first N held-out points")
+    p.add_argument("--num-samples", type=at_least(2), default=5000, help="importance samples K per datapoint")
     p.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+        "--max-datapoints", type=positive_int, default=None,
+        help="evaluate only the first N held-out points",
+    )
+    p.add_argument(
+        "--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE,
         help="most (sample, datapoint) pairs per pass; bounds memory",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the importance samples")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: the run's device")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -51,18 +54,27 @@ def heldout_batch(model, config, dev) -> tuple[tuple[torch.Tensor, ...], torch.T
     return batch, heldout.labels, heldout.name
 
 
+def evaluation_name(num_samples: int, subset: int | None) -> str:
+    """``evaluation-K5000`` for the whole held-out set, ``evaluation-K5000-first100`` for a subset:
+    a subset never takes the name (and so the place) of a fuller evaluation."""
+    return f"evaluation-K{num_samples}" + (f"-first{subset}" if subset else "")
+
+
 def cmd_evaluate(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.num_samples < 2:
-        raise CLIError("--num-samples must be at least 2 (standard errors and k-hat need two)")
-    model, config = load_model(args.run)
+    run = Path(args.run)
+    if not run.is_dir():
+        raise CLIError(f"{run} is not a run folder (no such folder)")
+    model, config, stamp = load_run(run)
     dev = device(args.device or config.device)
     model = model.to(dev)
     batch, labels, name = heldout_batch(model, config, dev)
-    if args.max_datapoints:
-        batch = tuple(t[: args.max_datapoints] for t in batch)
-        labels = labels[: args.max_datapoints] if labels is not None else None
+    total = batch[0].shape[0]
+    subset = args.max_datapoints if args.max_datapoints and args.max_datapoints < total else None
+    if subset:
+        batch = tuple(t[:subset] for t in batch)
+        labels = labels[:subset] if labels is not None else None
     model.check_data(*batch, what="held-out data")
     pyro.set_rng_seed(args.seed)
     start = time.perf_counter()
@@ -72,7 +84,6 @@ def cmd_evaluate(args) -> None:
     )
     seconds = time.perf_counter() - start
     k = args.num_samples
-    run = Path(args.run)
     summary = {
         **res.summary(),
         "seconds": seconds,
@@ -81,11 +92,16 @@ def cmd_evaluate(args) -> None:
         "data_space": config.data_space,
         "levels": config.levels,
         "heldout_seed": heldout_seed(config.seed),
+        "heldout_size": total,
+        "subset": subset,
         "sample_seed": args.seed,
         "model": config.model,
         **model.report(),
-        **on_scale(res.mean, config.data_dim, config.data_space, config.levels),
+        **on_scale(res.mean, config.data_dim, config.data_space, config.levels,
+                   discrete=model.report().get("discrete_likelihood", True)),
         "data_dim": config.data_dim,
+        "checkpoint_epoch": stamp["epoch"],
+        "checkpoint_fingerprint": stamp["fingerprint"],
         "run": str(run),
     }
     rows = [
@@ -100,15 +116,22 @@ def cmd_evaluate(args) -> None:
         }
         for i in range(len(res))
     ]
-    write_csv(run / f"evaluation-K{k}.csv", rows)
-    plot_khat(run / f"khat-K{k}.png", res.khat)
-    write_json(run / f"evaluation-K{k}.json", summary)
+    base = evaluation_name(k, subset)
+    with RunFolder(run, fresh=False) as folder:
+        if checkpoint_fingerprint(run) != stamp["fingerprint"]:
+            raise CLIError(f"{run}'s checkpoint changed while it was evaluated (training?); evaluate it again")
+        # the summary last, with the CSV's fingerprint: a reader sees all three files or stale ones it can tell
+        write_csv(folder.dir / f"{base}.csv", rows)
+        plot_khat(folder.dir / f"khat-K{k}{base[len(f'evaluation-K{k}'):]}.png", res.khat)
+        summary["csv_fingerprint"] = file_fingerprint(folder.dir / f"{base}.csv")
+        write_json(folder.dir / f"{base}.json", summary)
+    scope = f"the first {subset} of {total}" if subset else f"all {total}"
     print(
         f"log p(x) = {res.mean:.3f} nats/image (Monte Carlo s.e. {res.mean_stderr:.3f}; "
-        f"s.e. over data {res.data_stderr:.3f}) on {len(res)} {name} images, K={k}, "
+        f"s.e. over data {res.data_stderr:.3f}) on {scope} {name} images, K={k}, "
         f"{seconds:.0f} s; ELBO {res.elbo.mean().item():.3f}; "
         f"k-hat > 0.7 for {summary['share_khat_over_0.7']:.1%}\n"
         f"on the {summary['scale']} scale: {summary['nats_per_image']:.3f} nats/image, "
         f"{summary['bits_per_dim']:.4f} bits/dim"
     )
-    print(f"wrote {run / f'evaluation-K{k}.json'}, .csv and khat-K{k}.png")
+    print(f"wrote {run / f'{base}.json'}, .csv and khat PNG (checkpoint of epoch {stamp['epoch']})")

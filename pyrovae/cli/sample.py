@@ -10,6 +10,7 @@ import torch
 from ..io import atomic_write
 from ..plots import plot_samples
 from ..runs import load_model
+from .common import positive_int, seed
 
 
 def add_parser(sub) -> None:
@@ -20,8 +21,8 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run", help="run folder written by `pyrovae train`")
-    p.add_argument("--num", type=int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
+    p.add_argument("--num", type=positive_int, default=64, help="number of samples")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the prior draws")
     p.add_argument("--draws", action="store_true", help="draw x ~ p(x|z) instead of showing E[x|z]")
     p.add_argument("--out", default=None, help="PNG path (default: RUN/samples-seed<seed>.png)")
     p.add_argument("--save-tensor", default=None, metavar="PATH", help="also save the samples as a .pt tensor")

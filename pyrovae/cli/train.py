@@ -12,7 +12,7 @@ import torch
 
 from ..config import DEFAULTS, RunConfig
 from ..data import DATA_ENV, DATA_SPACES, DATASETS, as_tensors
-from ..infer import OBJECTIVES, Trainer
+from ..infer import OBJECTIVES, Trainer, TrainingError
 from ..io import write_csv
 from ..likelihoods import LIKELIHOODS
 from ..models import MODELS, build_model, model_entry
@@ -22,6 +22,7 @@ from ..runs import (
     CHECKPOINT,
     CONFIG,
     METRICS,
+    RunFolder,
     build_trainer,
     load_checkpoint,
     load_config,
@@ -29,7 +30,18 @@ from ..runs import (
     restore_module,
     save_checkpoint,
 )
-from .common import CLIError, describe, device, int_list, option, options_help
+from .common import (
+    CLIError,
+    at_least,
+    describe,
+    device,
+    int_list,
+    option,
+    options_help,
+    positive_float,
+    positive_int,
+    seed,
+)
 
 # flags shared by the zoo's models: option name -> flag; given only when the user sets them,
 # so that each model's own constructor defaults apply otherwise
@@ -63,10 +75,13 @@ def add_parser(sub) -> None:
         help="how 8-bit images become observations; default: the model's own (for a VAE its "
         "likelihood's: binary-dynamic for bernoulli, a fresh Bernoulli draw per pixel every epoch)",
     )
-    d.add_argument("--levels", type=int, default=DEFAULTS.levels, help="grey levels for --data-space levels")
-    d.add_argument("--train-size", type=int, default=DEFAULTS.train_size, help="use only the first N training images")
+    d.add_argument("--levels", type=at_least(2), default=DEFAULTS.levels, help="grey levels for --data-space levels")
     d.add_argument(
-        "--heldout-size", type=int, default=DEFAULTS.heldout_size,
+        "--train-size", type=positive_int, default=DEFAULTS.train_size,
+        help="use only the first N training images",
+    )
+    d.add_argument(
+        "--heldout-size", type=positive_int, default=DEFAULTS.heldout_size,
         help="held-out images for the per-epoch ELBO: split off the embedded set (default 1000), "
         "or the first N of the test split (default all 10,000)",
     )
@@ -77,26 +92,33 @@ def add_parser(sub) -> None:
         help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (closed-form KL); enum: TraceEnum_ELBO "
         "(enumerated discrete sites summed out); iwae: importance-weighted bound with --particles samples",
     )
-    o.add_argument("--particles", type=int, default=DEFAULTS.particles, help="samples per datapoint (vectorised)")
-    o.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="total epochs (also when resuming)")
     o.add_argument(
-        "--max-minutes", type=float, default=None,
+        "--particles", type=positive_int, default=DEFAULTS.particles,
+        help="samples per datapoint (vectorised)",
+    )
+    o.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="total epochs (also when resuming)")
+    o.add_argument(
+        "--max-minutes", type=positive_float, default=None,
         help="stop at the first epoch end after this much training time (resume later with --resume)",
     )
-    o.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="minibatch size")
-    o.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
+    o.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="minibatch size")
+    o.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help="Adam learning rate")
     o.add_argument(
-        "--lr-decay", type=float, default=DEFAULTS.lr_decay, help="multiply the learning rate by this after every epoch"
+        "--lr-decay", type=positive_float, default=DEFAULTS.lr_decay,
+        help="multiply the learning rate by this after every epoch",
     )
-    o.add_argument("--clip-norm", type=float, default=DEFAULTS.clip_norm, help="clip the gradient norm (off: None)")
+    o.add_argument(
+        "--clip-norm", type=positive_float, default=DEFAULTS.clip_norm,
+        help="clip the gradient norm (off: None)",
+    )
     o.add_argument("--no-jit", dest="jit", action="store_false", help="do not compile the loss with torch.jit.trace")
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, help="run folder (default: runs/<date>-<dataset>-<objective>)")
     r.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder up to --epochs")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
-    r.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds weights, data order, binarisation and noise")
+    r.add_argument("--seed", type=seed, default=DEFAULTS.seed, help="seeds weights, data order, binarisation and noise")
     r.add_argument("--device", default=DEFAULTS.device, choices=["cpu", "cuda"], help="where to train")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    r.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=cmd_train, jit=DEFAULTS.jit)
 
@@ -106,7 +128,7 @@ def _add_model_arguments(m) -> None:
     zoo = "; ".join(f"{name}: {entry.summary}" for name, entry in sorted(MODELS.items()))
     m.add_argument("--model", default=DEFAULTS.model, choices=sorted(MODELS), help=f"the model/guide pair ({zoo})")
     unset = argparse.SUPPRESS  # absent unless given: the model's constructor default applies
-    m.add_argument("--latent-dim", type=int, default=unset, help=f"dimension of z (vae: {vae['latent_dim']})")
+    m.add_argument("--latent-dim", type=positive_int, default=unset, help=f"dimension of z (vae: {vae['latent_dim']})")
     m.add_argument(
         "--hidden", type=int_list, default=unset,
         help=f"hidden widths of the encoder, comma-separated; the decoder mirrors them (vae: {vae['hidden']})",
@@ -160,11 +182,23 @@ def _run_dir(args) -> Path:
     return Path("runs") / f"{stamp}-{args.dataset}-{args.objective}"
 
 
+# flags that --resume takes: the rest of the run is its config.json's
+RESUME_FLAGS = {"resume", "epochs", "max_minutes", "threads", "progress", "device"}
+
+
 def cmd_train(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = _run_dir(args)
     if args.resume:
+        ignored = sorted(set(getattr(args, "given", ())) - RESUME_FLAGS)
+        if ignored:
+            flags = ", ".join("--" + d.replace("_", "-") for d in ignored)
+            raise CLIError(
+                f"--resume continues {run} with its own config.json; {flags} would change it. Resume takes "
+                "--epochs, --max-minutes, --device, --threads and --no-progress; for other settings start "
+                "a new run with --out"
+            )
         if not (run / CHECKPOINT).exists():
             raise CLIError(
                 f"{run} holds no checkpoint to resume (no epoch of it completed); start it again with "
@@ -172,10 +206,14 @@ def cmd_train(args) -> None:
             )
         config = load_config(run)
         config.epochs = args.epochs
+        if "device" in getattr(args, "given", ()):
+            config.device = args.device
         config.validate()
     else:
         if (run / CONFIG).exists() and not args.overwrite:
             raise CLIError(f"{run} already holds a run; continue it with --resume {run}, or pass --overwrite")
+        if run.exists() and not run.is_dir():
+            raise CLIError(f"--out {run} is a file, not a folder")
         config = config_from_args(args)
     dev = device(config.device)
     train, heldout = load_run_data(config)
@@ -187,21 +225,39 @@ def cmd_train(args) -> None:
     # Check data before anything is written, so a bad input leaves no run folder behind.
     first = as_tensors(model.prepare_data(train), torch.Generator().manual_seed(0), dev, "training data")
     model.check_data(*first, what="training data")
-    if args.resume:
-        _resume(run, model, trainer, first, config, dev)
+    with RunFolder(run, fresh=not args.resume) as folder:
+        if args.resume:
+            _resume(run, model, trainer, first, config, dev)
+            if trainer.epoch >= config.epochs:
+                print(f"{run} has trained {trainer.epoch} epochs already; --epochs {config.epochs} asks for no more")
+                return
 
-    def save(tr: Trainer, record: dict) -> None:
-        # the folder becomes a run with its first completed epoch: config, checkpoint, metrics
-        config.save(run / CONFIG)
-        save_checkpoint(run, {"trainer": tr.state_dict(), "module": model.state_dict()})
-        write_csv(run / METRICS, tr.history)
+        def save(tr: Trainer, record: dict) -> None:
+            # the run exists from its first completed epoch on: config, checkpoint, metrics, then commit
+            config.save(folder.dir / CONFIG)
+            save_checkpoint(folder.dir, {"trainer": tr.state_dict(), "module": model.state_dict()})
+            write_csv(folder.dir / METRICS, tr.history)
+            folder.commit()
 
-    start = time.perf_counter()
-    trainer.fit(
-        train, heldout, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=dev,
-        progress=args.progress, callback=save, max_seconds=args.max_minutes * 60 if args.max_minutes else None,
-    )
-    model.write_pictures(run, heldout, trainer.history, config.seed)
+        start = time.perf_counter()
+        try:
+            trainer.fit(
+                train, heldout, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=dev,
+                progress=args.progress, callback=save,
+                max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+            )
+        except TrainingError as err:
+            if folder.committed or args.resume:
+                kept = f"{run} keeps its checkpoint of epoch {trainer.epoch}"
+            else:
+                kept = "no epoch completed, so " + (
+                    f"{run} is unchanged" if run.exists() else "no run folder was written"
+                )
+            raise CLIError(f"{err}; {kept}") from None
+        if not folder.committed:
+            print("no epoch completed within --max-minutes" + ("" if args.resume else "; no run folder was written"))
+            return
+        model.write_pictures(folder.dir, heldout, trainer.history, config.seed)
     last = trainer.history[-1] if trainer.history else {}
     print(
         f"done in {time.perf_counter() - start:.0f} s: held-out ELBO "

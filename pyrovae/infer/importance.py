@@ -390,6 +390,26 @@ class MarginalLikelihood:
         }
 
 
+def _rows(x, model: Callable) -> torch.Tensor:
+    """``x`` as a tensor with rows: a numpy array is converted; a model that is a method of an
+    object with ``prepare_data`` (a :class:`~pyrovae.VAE`) converts dtypes as in training."""
+    from ..data import DataError, as_float_tensor
+
+    owner_prepare = getattr(getattr(model, "__self__", None), "prepare_data", None)
+    if isinstance(x, np.ndarray):
+        x = as_float_tensor(x, torch.get_default_dtype()) if owner_prepare is None else owner_prepare(x)
+    elif torch.is_tensor(x) and owner_prepare is not None:
+        x = owner_prepare(x)
+    if not torch.is_tensor(x):
+        raise DataError(
+            f"x must be a torch.Tensor with one row per datapoint, not a {type(x).__name__}; "
+            "convert it with torch.as_tensor(x)"
+        )
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise DataError(f"x has no rows (shape {tuple(x.shape)}); pass at least one datapoint")
+    return x
+
+
 def _chunk_sizes(num_rows: int, num_samples: int, chunk_size: int) -> tuple[int, int]:
     rows = max(1, min(num_rows, chunk_size // num_samples))
     particles = max(1, min(num_samples, chunk_size // rows))
@@ -429,8 +449,11 @@ def log_marginal_likelihood(
     :returns: :class:`MarginalLikelihood` with ``log_px``, ``stderr``, ``ess``, ``khat``
         (float64, on the CPU).
     """
-    if num_samples < 1:
-        raise ValueError("num_samples must be at least 1")
+    x = _rows(x, model)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a whole number >= 1, not {num_samples!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a whole number >= 1 or None, not {chunk_size!r}")
     num_rows = x.shape[0]
     rows, particles = _chunk_sizes(num_rows, num_samples, chunk_size or DEFAULT_CHUNK_SIZE)
     if max_plate_nesting is None:

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import statistics
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,6 +48,9 @@ from .jit import TracedLoss, rng_state, set_rng_state
 from .objectives import make_objective, objective_label, sums_out_enumerated_sites
 
 MONITOR_ROWS = 2000  # training rows on which a weighted objective's true ELBO is recorded
+# a step whose loss per datapoint exceeds the median of the last DIVERGENCE_WINDOW steps by more
+# than DIVERGENCE_FACTOR times its size has diverged (a learning rate far too large)
+DIVERGENCE_WINDOW, DIVERGENCE_FACTOR = 50, 100.0
 
 
 class TrainingError(RuntimeError):
@@ -216,6 +221,19 @@ class Trainer:
         return loss.detach()
 
     @staticmethod
+    def _check_divergence(loss: float, recent: deque) -> None:
+        """Stop when the loss per datapoint jumps far above its running median: divergence that
+        has not (yet) reached inf or NaN, e.g. a learning rate far too large."""
+        if recent:
+            median = statistics.median(recent)
+            if loss - median > DIVERGENCE_FACTOR * max(abs(median), 1.0):
+                raise TrainingError(
+                    f"the loss per datapoint jumped to {loss:.4g}, over {DIVERGENCE_FACTOR:g} times its running "
+                    f"median {median:.4g}; {_DIVERGED}"
+                )
+        recent.append(loss)
+
+    @staticmethod
     def _check_finite(loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise TrainingError(f"the loss became {loss.item()}; {_DIVERGED}")
@@ -293,6 +311,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         began = time.perf_counter()
+        recent: deque[float] = deque(maxlen=DIVERGENCE_WINDOW)  # per-datapoint losses of the last steps
         for epoch in range(start_epoch, epochs + 1):
             if max_seconds is not None and time.perf_counter() - began >= max_seconds:
                 break
@@ -308,9 +327,11 @@ class Trainer:
             for i, part in enumerate(minibatches(batch, batch_size, order_gen)):
                 try:
                     loss = self.step(*part)
+                    loss = loss.double().cpu()
+                    self._check_divergence(loss.item() / part[0].shape[0], recent)
                 except TrainingError as err:
                     raise TrainingError(f"epoch {epoch}, step {i + 1}: {err}") from None
-                total += loss.double().cpu()
+                total += loss
                 if i % 20 == 19 or i == steps - 1:
                     bar.set_postfix(loss=f"{total.item() / min(n, (i + 1) * batch_size):.2f}")
                 bar.update(1)
@@ -343,7 +364,8 @@ class Trainer:
         return bool(inspect_pair(self.model, self.guide, *(t[:16] for t in batch)).scaled)
 
     def _prepare(self, data):
-        if self.prepare_data is not None and isinstance(data, ImageData):
+        """The owner's ``prepare_data`` (data space, dtypes) for images and single tensors."""
+        if self.prepare_data is not None and (isinstance(data, ImageData) or torch.is_tensor(data)):
             return self.prepare_data(data)
         return data
 

@@ -30,8 +30,9 @@ class PyroModel(Protocol):
 
     def guide(self, *batch) -> Any: ...
 
-    def prepare_data(self, data: ImageData) -> Any:
-        """The data source the pair observes, from images (its space; labels if it needs them)."""
+    def prepare_data(self, data: Any) -> Any:
+        """The data source the pair observes: from an ``ImageData`` (its space; labels if it
+        needs them), and from a tensor (the dtype the model computes in; anything else as is)."""
 
     def check_data(self, *tensors: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`~pyrovae.data.DataError` with the fix when the tensors do not fit."""

@@ -34,7 +34,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..data import DataError, ImageData, check_observations, heldout_generator
+from ..data import DataError, ImageData, as_float_tensor, check_observations, heldout_generator
 from ..likelihoods import Likelihood, make_likelihood
 from ..nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from ..priors import Prior, make_prior
@@ -113,9 +113,14 @@ class VAE(nn.Module):
         """The data space images are observed in by default: the likelihood's."""
         return self.likelihood.data_space
 
-    def prepare_data(self, data: ImageData) -> ImageData:
-        """``data`` in the likelihood's data space: chosen when unset, refused when it cannot be
-        scored (e.g. binarised digits under a categorical over grey levels)."""
+    def prepare_data(self, data):
+        """``data`` as the pair observes it. An :class:`~pyrovae.data.ImageData` in the
+        likelihood's data space: chosen when unset, refused when it cannot be scored (e.g.
+        binarised digits under a categorical over grey levels). A tensor (or array) in the
+        parameters' floating dtype: bool, integer (counts, 0/1), half and double precision are
+        converted, other dtypes refused with the fix."""
+        if not isinstance(data, ImageData):
+            return as_float_tensor(data, next(self.parameters()).dtype)
         lik = self.likelihood
         levels = getattr(lik, "levels", None)
         if data.space is None:
