@@ -342,7 +342,8 @@ def load_dataset(
                 contextlib.redirect_stderr(io.StringIO()):
             ds = cls(str(tv_root), train=split == "train", download=download)
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError here
-        needed = ", ".join(_FILES[split])
+        raw = root / folder / "raw"
+        needed = ", ".join(f for f in _resources(folder) if not (raw / f).exists()) or ", ".join(_resources(folder))
         raise DataError(
             f"{folder} {split} files not found under {root / folder / 'raw'} and could not be "
             f"downloaded ({type(err).__name__}: {err}).\n"
@@ -400,12 +401,12 @@ def as_tensors(
         tensors = tuple(data.tensors(generator, device))
     elif torch.is_tensor(data):
         tensors = (data,)
-    elif isinstance(data, (tuple, list)) and data:
+    elif isinstance(data, (tuple, list)) and data and all(torch.is_tensor(t) for t in data):
         tensors = tuple(data)
     else:
         raise DataError(
             f"{what} must be a torch.Tensor, a tuple of tensors sharing dim 0 (one row per "
-            f"datapoint), or an ImageData; got {type(data).__name__}"
+            f"datapoint), or an ImageData; got {_describe_value(data)} (convert numbers with torch.as_tensor)"
         )
     check_batch(tensors, what)
     if device is not None:
@@ -426,6 +427,12 @@ def as_float_tensor(x, dtype: torch.dtype = torch.float32):
     if x.is_complex():
         raise DataError(f"data of dtype {x.dtype} cannot be observations; pass real numbers (x.real or x.abs())")
     return x if x.dtype == dtype else x.to(dtype)
+
+
+def _describe_value(data) -> str:
+    if isinstance(data, (tuple, list)) and data:
+        return f"a {type(data).__name__} of {type(data[0]).__name__}"
+    return f"a {type(data).__name__}"
 
 
 def check_batch(tensors: Sequence[torch.Tensor], what: str = "data") -> None:

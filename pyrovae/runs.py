@@ -29,6 +29,7 @@ import io
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import torch
 from .config import ConfigError, RunConfig
 from .data import ImageData, load_dataset
 from .infer import Trainer
-from .io import atomic_write, file_fingerprint
+from .io import atomic_write, file_fingerprint, write_csv
 from .models import build_model
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
@@ -149,6 +150,22 @@ class RunFolder:
         if self.path.is_dir():
             for tmp in self.path.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
+            _repair_metrics(self.path)
+
+
+def _repair_metrics(run: Path) -> None:
+    """``metrics.csv`` is a view of the checkpoint's history, written just after it: a writer
+    killed between the two leaves it an epoch behind, and the next writer rewrites it."""
+    checkpoint, metrics = run / CHECKPOINT, run / METRICS
+    if not checkpoint.exists():
+        return
+    try:
+        history = load_checkpoint(run)["trainer"]["history"]
+    except (ConfigError, KeyError, TypeError):
+        return  # the command that reads the checkpoint reports it
+    rows = metrics.read_text().strip().splitlines()[1:] if metrics.exists() else []
+    if len(rows) != len(history):
+        write_csv(metrics, history)
 
 
 def _try_lock(path: Path, run: Path):
@@ -195,12 +212,13 @@ def read_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a pyrovae run folder?")
     data = path.read_bytes()
     try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, corrupt, or not a plain-tensor checkpoint
-        if "Weights only load failed" in str(err):
-            why = "it holds objects other than tensors and plain containers, which pyrovae refuses to unpickle"
-        else:
-            why = f"it is truncated or not a checkpoint ({type(err).__name__})"
+        code = "GLOBAL" in str(err) or "Unsupported global" in str(err)
+        why = ("it holds code or objects other than tensors and plain containers, and pyrovae never unpickles "
+               "those" if code else f"it is truncated, corrupt or not a checkpoint ({type(err).__name__})")
         raise ConfigError(f"{path} cannot be read as a pyrovae checkpoint: {why}") from None
     if not isinstance(state, dict) or "module" not in state or "trainer" not in state:
         raise ConfigError(f"{path} is not a pyrovae checkpoint (no 'module' and 'trainer' entries)")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import torch
 
 from ..io import atomic_write
 from ..plots import plot_samples
-from ..runs import load_model
+from ..runs import RunFolder, load_model
 from .common import positive_int, seed
 
 
@@ -35,9 +36,11 @@ def cmd_sample(args) -> None:
     images = model.generate(args.num, sample=args.draws)
     out = Path(args.out) if args.out else Path(args.run) / f"samples-seed{args.seed}.png"
     what = "draws x ~ p(x | z)" if args.draws else "E[x | z]"
-    plot_samples(
-        out, model.to_picture(images), config.image_shape, f"{args.num} samples ({what}), seed {args.seed}"
-    )
+    inside = out.resolve().parent == Path(args.run).resolve()
+    with RunFolder(args.run, fresh=False) if inside else contextlib.nullcontext():  # one writer per run
+        plot_samples(
+            out, model.to_picture(images), config.image_shape, f"{args.num} samples ({what}), seed {args.seed}"
+        )
     if args.save_tensor:
         atomic_write(args.save_tensor, lambda f: torch.save(images, f))
     print(f"wrote {out}")

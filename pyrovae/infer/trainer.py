@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -365,7 +366,9 @@ class Trainer:
 
     def _prepare(self, data):
         """The owner's ``prepare_data`` (data space, dtypes) for images and single tensors."""
-        if self.prepare_data is not None and (isinstance(data, ImageData) or torch.is_tensor(data)):
+        if self.prepare_data is not None and (
+            isinstance(data, (ImageData, np.ndarray)) or torch.is_tensor(data)
+        ):
             return self.prepare_data(data)
         return data
 

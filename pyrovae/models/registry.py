@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, check_options
 from ..data import ImageData
 
 
@@ -83,6 +83,7 @@ class ModelEntry:
         missing = sorted(k for k, v in defaults.items() if v is inspect.Parameter.empty and k not in options)
         if missing:
             raise ConfigError(f"model {self.name!r} needs the option(s) {missing} (e.g. --model-opt {missing[0]}=...)")
+        options = check_options(self.cls, options, f"model {self.name!r}", skip=("name", *self.data_args))
         resolved = {**defaults, **options}
         if self.configure is not None:
             try:
