@@ -303,9 +303,11 @@ def test_sample_a_folder_that_does_not_exist(tmp_path, capsys):
     fails(["sample", str(tmp_path / "nope")], capsys, "does not exist")
 
 
-def test_a_run_without_checkpoint_is_named(run, capsys):
+def test_a_run_without_checkpoint_is_named_and_can_be_restarted(run, capsys):
     (run / "checkpoint.pt").unlink()
     fails(["evaluate", str(run), "--no-progress"], capsys, "checkpoint.pt does not exist")
+    fails(["train", "--resume", str(run), "--no-progress"], capsys, "no checkpoint to resume", "--overwrite")
+    assert main(["train", *S, "--epochs", "1", "--out", str(run)]) == 0 and whole(run)
 
 
 CONFIG_DAMAGE = {

@@ -210,7 +210,7 @@ def cmd_train(args) -> None:
             config.device = args.device
         config.validate()
     else:
-        if (run / CONFIG).exists() and not args.overwrite:
+        if (run / CHECKPOINT).exists() and not args.overwrite:  # a folder without one is no run: restart it
             raise CLIError(f"{run} already holds a run; continue it with --resume {run}, or pass --overwrite")
         if run.exists() and not run.is_dir():
             raise CLIError(f"--out {run} is a file, not a folder")
