@@ -137,11 +137,18 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming every value out of range (also after edits)."""
+        """Raise :class:`ConfigError` naming every value of the wrong type or out of range (also
+        after edits, e.g. of a hand-edited ``config.json``)."""
+        wrong = [f"{f.name} ({getattr(self, f.name)!r})" for f in dataclasses.fields(self)
+                 if not _of_type(getattr(self, f.name), f.type)]
+        if wrong:
+            raise ConfigError("the run configuration's " + ", ".join(wrong) + " has the wrong type (a hand-edited "
+                              "config.json?)")
         checks = {
             "epochs": self.epochs >= 0, "batch_size": self.batch_size >= 1, "particles": self.particles >= 1,
-            "lr": self.lr > 0, "lr_decay": self.lr_decay > 0, "levels": self.levels >= 2,
-            "clip_norm": self.clip_norm is None or self.clip_norm > 0,
+            "lr": 0 < self.lr < math.inf, "lr_decay": 0 < self.lr_decay < math.inf, "levels": self.levels >= 2,
+            "clip_norm": self.clip_norm is None or 0 < self.clip_norm < math.inf,
+            "seed": 0 <= self.seed < 2**32, "device": self.device in ("cpu", "cuda"),
             "train_size": self.train_size is None or self.train_size >= 1,
             "heldout_size": self.heldout_size is None or self.heldout_size >= 1,
         }
@@ -155,6 +162,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """From :meth:`to_dict` output, or a pyrovae 0.1 ``config.json`` (flat model keys)."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a run configuration is a JSON object of settings, not {type(values).__name__}")
         values = dict(values)
         if "model_options" not in values:  # pyrovae 0.1: the VAE's arguments at the top level
             values["model_options"] = {k: values.pop(k) for k in _V01_MODEL_KEYS if k in values}
@@ -182,6 +191,18 @@ class RunConfig:
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path} is not valid JSON ({err})") from None
         return cls.from_dict(values)
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "None": type(None),
+          "dict[str, Any]": dict, "list[int]": (list, tuple)}
+
+
+def _of_type(value: Any, annotation: str) -> bool:
+    """Whether ``value`` fits a field annotation such as ``"int | None"`` (bools are not numbers)."""
+    kinds = [_TYPES[a.strip()] for a in annotation.split("|")]
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    return isinstance(value, tuple(k for kind in kinds for k in (kind if isinstance(kind, tuple) else (kind,))))
 
 
 DEFAULTS = RunConfig()

@@ -212,6 +212,11 @@ def _cache_dir() -> Path:
     return Path(cache) / "pyrovae"
 
 
+# the sizes of the unpacked idx files, the same for MNIST and Fashion-MNIST
+_UNPACKED_SIZES = {"train-images-idx3-ubyte": 47_040_016, "train-labels-idx1-ubyte": 60_008,
+                   "t10k-images-idx3-ubyte": 7_840_016, "t10k-labels-idx1-ubyte": 10_008}
+
+
 def _md5(path: Path, _seen: dict = {}) -> str:  # noqa: B006 -- a cache keyed by size and mtime
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
@@ -267,6 +272,13 @@ def _torchvision_root(root: Path, folder: str) -> Path:
     raw = root / folder / "raw"
     unpacked = [raw / f[: -len(".gz")] for f in _resources(folder)]
     md5s = _check_archives(raw, folder)
+    for path in unpacked:  # unpacked copies in the user's folder: at least their sizes must be right
+        size = _UNPACKED_SIZES[path.name]
+        if path.exists() and (not path.is_file() or path.stat().st_size != size):
+            raise DataError(
+                f"{path} is not the unpacked {folder} file it is named after ({size:,} bytes expected); "
+                "delete it (pyrovae unpacks the .gz archive into its cache) or replace it"
+            )
     if all(p.is_file() for p in unpacked):
         return root
     key = "".join(md5s) if len(md5s) == len(unpacked) else f"incomplete:{root.resolve()}"

@@ -24,6 +24,7 @@ Every file is written atomically (:mod:`pyrovae.io`).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import os
@@ -70,6 +71,13 @@ def build_trainer(model, config: RunConfig) -> Trainer:
             f"objective='meanfield' needs KL(q || p) in closed form, which Pyro has not for the "
             f"{prior.name!r} prior; use objective='elbo' (Monte Carlo KL) or 'iwae'"
         )
+    try:
+        return _trainer(model, config)
+    except ValueError as err:  # an objective name or a value that config.json got wrong
+        raise ConfigError(f"the configuration's training settings: {err}") from None
+
+
+def _trainer(model, config: RunConfig) -> Trainer:
     return Trainer(
         model.model,
         model.guide,
@@ -99,7 +107,9 @@ class RunFolder:
     """
 
     def __init__(self, path: str | Path, *, fresh: bool) -> None:
-        self.path, self.fresh = Path(path), fresh
+        path = Path(path)
+        # a link to a folder: the transaction is on the folder it names, the link stays
+        self.path, self.fresh = (path.resolve() if path.is_symlink() else path), fresh
         self.staging: Path | None = None
         self.committed = False
         self._lock = None
@@ -139,7 +149,7 @@ class RunFolder:
             _unlock(self._lock)
 
     def _recover(self) -> None:
-        parent, name = self.path.parent, self.path.name
+        parent, name = self.path.parent, glob.escape(self.path.name)
         for old in parent.glob(f".{name}.old-*"):  # a writer killed between the two renames
             if not self.path.exists():
                 os.replace(old, self.path)
@@ -151,6 +161,12 @@ class RunFolder:
             for tmp in self.path.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
             _repair_metrics(self.path)
+
+
+def run_exists(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder, or one a killed writer left moved aside (restored on entry)."""
+    path = Path(path)
+    return path.is_dir() or any(path.parent.glob(f".{glob.escape(path.name)}.old-*"))
 
 
 def _repair_metrics(run: Path) -> None:

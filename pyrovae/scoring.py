@@ -111,6 +111,7 @@ class Scored:
         return (s["scale"], s["dataset"], s.get("data"), s["heldout_seed"], s["num_datapoints"], s["data_dim"])
 
 
+_SUMMARY_KEYS = ("data_space", "data_dim", "num_samples", "num_datapoints", "dataset", "heldout_seed")
 _EVALUATION = re.compile(r"^evaluation-K(\d+)(?:-first(\d+))?\.json$")
 
 
@@ -139,6 +140,9 @@ def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ComparisonError(f"{path} is not valid JSON ({err}); run `pyrovae evaluate {run}` again") from None
+    missing = [k for k in _SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise ComparisonError(f"{path} is not a pyrovae evaluation (it lacks {missing}); run `pyrovae evaluate {run}`")
     _check_current(run, path, summary)
     scale, offset = data_scale(summary["data_space"], summary.get("levels"), summary.get("discrete_likelihood", True))
     summary["scale"] = scale
@@ -146,16 +150,16 @@ def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
     recorded = summary.get("csv_fingerprint")
     if not csv_path.exists() or (recorded is not None and recorded != file_fingerprint(csv_path)):
         raise ComparisonError(f"{csv_path} is missing or is not the one {path.name} was written with; evaluate again")
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    log_px = np.array([float(r["log_px"]) for r in rows]) + summary["data_dim"] * offset
-    return Scored(
-        name=run.name,
-        log_px=log_px,
-        stderr=np.array([float(r["stderr"]) for r in rows]),
-        khat=np.array([float(r["khat"]) for r in rows]),
-        summary=summary,
-    )
+    try:
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        log_px = np.array([float(r["log_px"]) for r in rows]) + summary["data_dim"] * offset
+        stderr, khat = np.array([float(r["stderr"]) for r in rows]), np.array([float(r["khat"]) for r in rows])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ComparisonError(f"{csv_path} is not a pyrovae evaluation table ({type(err).__name__}: {err})") from None
+    if len(rows) != summary["num_datapoints"]:
+        raise ComparisonError(f"{csv_path} has {len(rows)} rows but {path.name} counts {summary['num_datapoints']}")
+    return Scored(name=run.name, log_px=log_px, stderr=stderr, khat=khat, summary=summary)
 
 
 def _check_current(run: Path, path: Path, summary: dict) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import shutil
 import signal
 import subprocess
@@ -318,6 +319,13 @@ CONFIG_DAMAGE = {
                              "--lr -1 is out of range"),
     "a folder": (lambda c: (c.unlink(), c.mkdir()), "Is a directory"),
     "missing": (lambda c: c.unlink(), "config.json does not exist"),
+    "a string for a number": (lambda c: c.write_text(json.dumps({**json.loads(c.read_text()), "lr": "0.001"})),
+                              "lr ('0.001') has the wrong type"),
+    "null for a number": (lambda c: c.write_text(json.dumps({**json.loads(c.read_text()), "epochs": None})),
+                          "epochs (None) has the wrong type"),
+    "not an object": (lambda c: c.write_text('"5"'), "a JSON object of settings, not str"),
+    "an unknown device": (lambda c: c.write_text(json.dumps({**json.loads(c.read_text()), "device": "tpu"})),
+                          "device='tpu' is out of range"),
 }
 
 
@@ -438,7 +446,10 @@ def test_compare_refuses_an_evaluation_of_an_older_checkpoint(run, trained, tmp_
 
 def test_compare_refuses_a_csv_that_is_not_its_summarys(run, trained, tmp_path, capsys):
     csv_path = run / "evaluation-K10.csv"
-    csv_path.write_text(csv_path.read_text().replace("\n1,", "\n1,", 1) + "\n")
+    lines = csv_path.read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[2] = "-1.0"  # the first image's log p(x), changed
+    csv_path.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n")
     fails(["compare", str(run), str(trained), "--png", str(tmp_path / "c.png")], capsys, "is not the one")
 
 
@@ -549,7 +560,10 @@ def test_two_trainings_on_one_folder_do_not_mix(tmp_path):
     assert json.loads((out / "config.json").read_text())["seed"] == 0
 
 
-@pytest.mark.parametrize("delay", [1.5, 3.0, 4.5, 6.0])
+KILL_DELAYS = sorted(random.Random(2026).uniform(1.0, 7.0) for _ in range(4))  # random, but the same each run
+
+
+@pytest.mark.parametrize("delay", KILL_DELAYS, ids=[f"{d:.2f}s" for d in KILL_DELAYS])
 def test_kill_9_at_any_point_leaves_no_run_or_a_whole_one(tmp_path, delay):
     out = tmp_path / "run"
     proc = _cli("train", *S, "--epochs", "60", "--out", str(out))
@@ -597,6 +611,123 @@ def test_sigterm_ends_training_like_ctrl_c(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert whole(out) and no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"data_space": "grey"}'])
+def test_compare_refuses_a_summary_that_is_not_an_evaluation(run, trained, tmp_path, capsys, content):
+    (run / "evaluation-K10.json").write_text(content)
+    fails(["compare", str(run), str(trained), "--png", str(tmp_path / "c.png")], capsys, "is not a pyrovae evaluation")
+
+
+def test_compare_refuses_a_density_beside_masses_of_the_same_images(run, trained, tmp_path, capsys):
+    """Before: a Gaussian density on binarised images was ranked beside Bernoulli log-masses."""
+    path = run / "evaluation-K10.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "discrete_likelihood": False}))
+    fails(["compare", str(run), str(trained), "--png", str(tmp_path / "c.png")], capsys, "cannot be ranked",
+          "binary-dynamic-density")
+
+
+def test_a_folder_with_other_files_is_never_replaced(tmp_path, capsys):
+    """A run replaces its whole folder: `--out` on a folder of the user's files is refused."""
+    out = tmp_path / "mine"
+    (out / "older").mkdir(parents=True)
+    (out / "notes.txt").write_text("precious")
+    before = state(out)
+    for extra_flags in ([], ["--overwrite"]):
+        fails(["train", *S, "--epochs", "1", "--out", str(out), *extra_flags], capsys, "did not write",
+              "notes.txt", "older")
+        assert state(out) == before and (out / "older").is_dir()
+
+
+def test_a_run_name_with_glob_characters_touches_no_other_run(tmp_path):
+    from pyrovae.runs import RunFolder
+
+    (tmp_path / ".a.new-123").mkdir()
+    (tmp_path / ".b.old-77").mkdir()
+    with RunFolder(tmp_path / "[ab]", fresh=True) as folder:
+        (folder.dir / "x").write_text("1")
+        folder.commit()
+    assert (tmp_path / ".a.new-123").is_dir() and (tmp_path / ".b.old-77").is_dir()
+    assert (tmp_path / "[ab]" / "x").read_text() == "1"
+
+
+def test_a_link_to_a_run_folder_stays_a_link(run, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    assert main(["train", *S, "--epochs", "1", "--out", str(link), "--overwrite"]) == 0
+    assert link.is_symlink() and whole(run) and no_leftovers(tmp_path)
+
+
+def test_divergence_in_a_later_epoch_keeps_the_last_good_checkpoint(run, capsys, monkeypatch):
+    step = pyrovae.Trainer.step
+
+    def explode(self, *batch):
+        loss = step(self, *batch)
+        return loss * 1e6 if self.steps > 7 else loss  # in the run's 3rd epoch (3 steps per epoch)
+
+    before = (run / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(pyrovae.Trainer, "step", explode)
+    fails(["train", "--resume", str(run), "--epochs", "5", "--no-progress"], capsys, "jumped to",
+          "keeps its checkpoint of epoch 2", "start a new run")
+    assert (run / "checkpoint.pt").read_bytes() == before and whole(run)
+
+
+def test_kill_9_between_the_two_renames_of_an_overwrite_loses_nothing(run, tmp_path):
+    """The old folder is moved aside, then the new one moved in: killed in between, the next
+    writer puts the old run back, byte for byte."""
+    before = state(run)
+    hang = (
+        "import os, time, sys, pyrovae.runs as runs\n"
+        "real = os.replace\n"
+        "def slow(src, dst):\n"
+        "    real(src, dst)\n"
+        "    if '.old-' in str(dst):\n"
+        "        print('between', flush=True); time.sleep(60)\n"
+        "runs.os.replace = slow\n"
+        "from pyrovae.cli import main\n"
+        f"sys.exit(main(['train', *{S!r}, '--epochs', '2', '--out', {str(run)!r}, '--overwrite']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", hang], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("between"):
+            break
+    proc.kill()
+    proc.wait()
+    assert not run.exists() and list(run.parent.glob(".run.old-*"))
+    assert main(["evaluate", str(run), "--num-samples", "5", "--no-progress"]) == 0  # the next writer recovers
+    restored = state(run)
+    assert {k: v for k, v in restored.items() if k in before} == before and no_leftovers(run.parent)
+
+
+def test_two_new_trainings_started_together_make_one_run(tmp_path):
+    out = tmp_path / "run"
+    procs = [_cli("train", *S, "--epochs", "2", "--seed", str(seed), "--out", str(out)) for seed in (1, 2)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "being written by another" in loser or "already holds a run" in loser
+    winner = next(seed for (code, _), seed in zip(results, (1, 2)) if code == 0)
+    assert whole(out) and json.loads((out / "config.json").read_text())["seed"] == winner
+
+
+def test_an_unpacked_file_of_the_wrong_size_is_named(mnist_copy, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(mnist_copy, root)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        (root / "MNIST" / "raw" / name).write_bytes(b"\0" * 100)
+    with pytest.raises(pyrovae.DataError, match="is not the unpacked MNIST file"):
+        pyrovae.load_dataset("mnist", "test", root)
+
+
+def test_an_infinite_khat_is_written_as_null(tmp_path):
+    from pyrovae.io import write_json
+    from pyrovae.plots import plot_khat
+
+    write_json(tmp_path / "s.json", {"max_khat": float("inf"), "k": [float("nan"), 1.0]})
+    assert json.loads((tmp_path / "s.json").read_text()) == {"max_khat": None, "k": [None, 1.0]}
+    plot_khat(tmp_path / "k.png", torch.tensor([float("inf"), 0.3, float("-inf"), float("nan")]))
+    assert (tmp_path / "k.png").stat().st_size > 0
 
 
 # ------------------------------------------------------------------------------------- Python API
@@ -733,6 +864,13 @@ def test_any_option_text_is_a_value_or_a_clear_refusal(text):
         assert "finite" in str(err)
         return
     assert key == "k" and (value is None or isinstance(value, (bool, int, float, str, tuple)))
+    for prior, name in (("mog", "components"), ("vamp", "input_range"), ("flow", "hidden_dims")):
+        try:  # the value reaches a constructor checked, or is refused by name
+            pyrovae.make_prior(prior, 2, **{name: value})
+        except pyrovae.ConfigError as err:
+            assert name in str(err)
+        except ValueError as err:  # the constructor's own range check
+            assert str(err)
 
 
 @settings(max_examples=40, deadline=None)

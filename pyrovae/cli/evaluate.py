@@ -14,7 +14,7 @@ from ..infer import log_marginal_likelihood
 from ..infer.importance import DEFAULT_CHUNK_SIZE
 from ..io import file_fingerprint, write_csv, write_json
 from ..plots import plot_khat
-from ..runs import RunFolder, checkpoint_fingerprint, load_run, load_run_data
+from ..runs import RunFolder, checkpoint_fingerprint, load_run, load_run_data, run_exists
 from ..scoring import on_scale
 from .common import CLIError, at_least, device, positive_int, seed
 
@@ -64,62 +64,62 @@ def cmd_evaluate(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
-    if not run.is_dir():
+    if not run_exists(run):
         raise CLIError(f"{run} is not a run folder (no such folder)")
-    model, config, stamp = load_run(run)
-    dev = device(args.device or config.device)
-    model = model.to(dev)
-    batch, labels, name = heldout_batch(model, config, dev)
-    total = batch[0].shape[0]
-    subset = args.max_datapoints if args.max_datapoints and args.max_datapoints < total else None
-    if subset:
-        batch = tuple(t[:subset] for t in batch)
-        labels = labels[:subset] if labels is not None else None
-    model.check_data(*batch, what="held-out data")
-    pyro.set_rng_seed(args.seed)
-    start = time.perf_counter()
-    res = log_marginal_likelihood(
-        model.model, model.guide, *batch, num_samples=args.num_samples, chunk_size=args.chunk_size,
-        progress=args.progress,
-    )
-    seconds = time.perf_counter() - start
-    k = args.num_samples
-    summary = {
-        **res.summary(),
-        "seconds": seconds,
-        "data": name,
-        "dataset": config.dataset,
-        "data_space": config.data_space,
-        "levels": config.levels,
-        "heldout_seed": heldout_seed(config.seed),
-        "heldout_size": total,
-        "subset": subset,
-        "sample_seed": args.seed,
-        "model": config.model,
-        **model.report(),
-        **on_scale(res.mean, config.data_dim, config.data_space, config.levels,
-                   discrete=model.report().get("discrete_likelihood", True)),
-        "data_dim": config.data_dim,
-        "checkpoint_epoch": stamp["epoch"],
-        "checkpoint_fingerprint": stamp["fingerprint"],
-        "run": str(run),
-    }
-    rows = [
-        {
-            "index": i,
-            "label": int(labels[i]) if labels is not None else "",
-            "log_px": f"{res.log_px[i].item():.6f}",
-            "stderr": f"{res.stderr[i].item():.6g}",
-            "elbo": f"{res.elbo[i].item():.6f}",
-            "ess": f"{res.ess[i].item():.4f}",
-            "khat": f"{res.khat[i].item():.4f}",
+    with RunFolder(run, fresh=False) as folder:  # one writer: held from reading to writing
+        model, config, stamp = load_run(run)
+        dev = device(args.device or config.device)
+        model = model.to(dev)
+        batch, labels, name = heldout_batch(model, config, dev)
+        total = batch[0].shape[0]
+        subset = args.max_datapoints if args.max_datapoints and args.max_datapoints < total else None
+        if subset:
+            batch = tuple(t[:subset] for t in batch)
+            labels = labels[:subset] if labels is not None else None
+        model.check_data(*batch, what="held-out data")
+        pyro.set_rng_seed(args.seed)
+        start = time.perf_counter()
+        res = log_marginal_likelihood(
+            model.model, model.guide, *batch, num_samples=args.num_samples, chunk_size=args.chunk_size,
+            progress=args.progress,
+        )
+        seconds = time.perf_counter() - start
+        k = args.num_samples
+        summary = {
+            **res.summary(),
+            "seconds": seconds,
+            "data": name,
+            "dataset": config.dataset,
+            "data_space": config.data_space,
+            "levels": config.levels,
+            "heldout_seed": heldout_seed(config.seed),
+            "heldout_size": total,
+            "subset": subset,
+            "sample_seed": args.seed,
+            "model": config.model,
+            **model.report(),
+            **on_scale(res.mean, config.data_dim, config.data_space, config.levels,
+                       discrete=model.report().get("discrete_likelihood", True)),
+            "data_dim": config.data_dim,
+            "checkpoint_epoch": stamp["epoch"],
+            "checkpoint_fingerprint": stamp["fingerprint"],
+            "run": str(run),
         }
-        for i in range(len(res))
-    ]
-    base = evaluation_name(k, subset)
-    with RunFolder(run, fresh=False) as folder:
+        rows = [
+            {
+                "index": i,
+                "label": int(labels[i]) if labels is not None else "",
+                "log_px": f"{res.log_px[i].item():.6f}",
+                "stderr": f"{res.stderr[i].item():.6g}",
+                "elbo": f"{res.elbo[i].item():.6f}",
+                "ess": f"{res.ess[i].item():.4f}",
+                "khat": f"{res.khat[i].item():.4f}",
+            }
+            for i in range(len(res))
+        ]
+        base = evaluation_name(k, subset)
         if checkpoint_fingerprint(run) != stamp["fingerprint"]:
-            raise CLIError(f"{run}'s checkpoint changed while it was evaluated (training?); evaluate it again")
+            raise CLIError(f"{run}'s checkpoint changed while it was evaluated; evaluate it again")
         # the summary last, with the CSV's fingerprint: a reader sees all three files or stale ones it can tell
         write_csv(folder.dir / f"{base}.csv", rows)
         plot_khat(folder.dir / f"khat-K{k}{base[len(f'evaluation-K{k}'):]}.png", res.khat)

@@ -37,10 +37,11 @@ def cmd_sample(args) -> None:
     out = Path(args.out) if args.out else Path(args.run) / f"samples-seed{args.seed}.png"
     what = "draws x ~ p(x | z)" if args.draws else "E[x | z]"
     inside = out.resolve().parent == Path(args.run).resolve()
+    inside = inside or (args.save_tensor and Path(args.save_tensor).resolve().parent == Path(args.run).resolve())
     with RunFolder(args.run, fresh=False) if inside else contextlib.nullcontext():  # one writer per run
         plot_samples(
             out, model.to_picture(images), config.image_shape, f"{args.num} samples ({what}), seed {args.seed}"
         )
-    if args.save_tensor:
-        atomic_write(args.save_tensor, lambda f: torch.save(images, f))
+        if args.save_tensor:
+            atomic_write(args.save_tensor, lambda f: torch.save(images, f))
     print(f"wrote {out}")

@@ -199,33 +199,34 @@ def cmd_train(args) -> None:
                 "--epochs, --max-minutes, --device, --threads and --no-progress; for other settings start "
                 "a new run with --out"
             )
-        if not (run / CHECKPOINT).exists():
-            raise CLIError(
-                f"{run} holds no checkpoint to resume (no epoch of it completed); start it again with "
-                f"--out {run} --overwrite"
-            )
-        config = load_config(run)
-        config.epochs = args.epochs
-        if "device" in getattr(args, "given", ()):
-            config.device = args.device
-        config.validate()
-    else:
-        if (run / CHECKPOINT).exists() and not args.overwrite:  # a folder without one is no run: restart it
-            raise CLIError(f"{run} already holds a run; continue it with --resume {run}, or pass --overwrite")
-        if run.exists() and not run.is_dir():
-            raise CLIError(f"--out {run} is a file, not a folder")
-        config = config_from_args(args)
-    dev = device(config.device)
-    train, heldout = load_run_data(config)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    model = build_model(config, train).to(dev)
-    trainer = build_trainer(model, config)
-    print(describe(train, heldout, config.data_space))
-    # Check data before anything is written, so a bad input leaves no run folder behind.
-    first = as_tensors(model.prepare_data(train), torch.Generator().manual_seed(0), dev, "training data")
-    model.check_data(*first, what="training data")
+    elif run.exists() and not run.is_dir():
+        raise CLIError(f"--out {run} is a file, not a folder")
+    config = None if args.resume else config_from_args(args)  # flag errors before any lock or folder
+    # every look at the folder happens under its lock, after a killed writer's leftovers are undone
     with RunFolder(run, fresh=not args.resume) as folder:
+        if args.resume:
+            if not (run / CHECKPOINT).exists():
+                raise CLIError(
+                    f"{run} holds no checkpoint to resume (no epoch of it completed); start it again with "
+                    f"--out {run} --overwrite"
+                )
+            config = load_config(run)
+            config.epochs = args.epochs
+            if "device" in getattr(args, "given", ()):
+                config.device = args.device
+            config.validate()
+        else:
+            _check_replaceable(run, args.overwrite)
+        dev = device(config.device)
+        train, heldout = load_run_data(config)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(config.seed)
+        model = build_model(config, train).to(dev)
+        trainer = build_trainer(model, config)
+        print(describe(train, heldout, config.data_space))
+        # Check data before anything is written, so a bad input leaves no run folder behind.
+        first = as_tensors(model.prepare_data(train), torch.Generator().manual_seed(0), dev, "training data")
+        model.check_data(*first, what="training data")
         if args.resume:
             _resume(run, model, trainer, first, config, dev)
             if trainer.epoch >= config.epochs:
@@ -249,6 +250,8 @@ def cmd_train(args) -> None:
         except TrainingError as err:
             if folder.committed or args.resume:
                 kept = f"{run} keeps its checkpoint of epoch {trainer.epoch}"
+                if args.resume:
+                    kept += "; --resume keeps the run's settings, so start a new run (--out) with another --lr"
             else:
                 kept = "no epoch completed, so " + (
                     f"{run} is unchanged" if run.exists() else "no run folder was written"
@@ -263,6 +266,29 @@ def cmd_train(args) -> None:
         f"done in {time.perf_counter() - start:.0f} s: held-out ELBO "
         f"{last.get('heldout_elbo', float('nan')):.2f} nats/image after {trainer.epoch} epochs; run folder {run}"
     )
+
+
+RUN_FILES = ("config.json", "metrics.csv", "checkpoint.pt")
+
+
+def _check_replaceable(run: Path, overwrite: bool) -> None:
+    """A new run may replace a folder only if that holds a pyrovae run (with --overwrite) or
+    only files pyrovae writes (a run that never completed an epoch): never a user's other files."""
+    if not run.exists():
+        return
+    foreign = sorted(
+        p.name for p in run.iterdir()
+        if not (p.is_file() and (p.name in RUN_FILES or p.suffix == ".png" or p.name.startswith("evaluation-K")
+                                 or p.name.endswith(".tmp")))
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise CLIError(
+            f"--out {run} holds files pyrovae did not write ({shown}); a run replaces its whole folder, so "
+            "choose another --out (e.g. a new folder inside it)"
+        )
+    if (run / CHECKPOINT).exists() and not overwrite:
+        raise CLIError(f"{run} already holds a run; continue it with --resume {run}, or pass --overwrite")
 
 
 def _resume(run: Path, model, trainer: Trainer, first, config: RunConfig, dev) -> None:
