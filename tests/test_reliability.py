@@ -577,25 +577,35 @@ def test_kill_9_at_any_point_leaves_no_run_or_a_whole_one(tmp_path, delay):
     assert whole(out) and no_leftovers(tmp_path)
 
 
-def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint(run):
-    before = (run / "checkpoint.pt").read_bytes()
+def kill_at_rename(module: str, when: str, target: str, args: list[str]) -> None:
+    """Run the CLI in a child whose ``os.replace`` in ``module`` stops (before or after the rename)
+    when the target path contains ``target``, and kill -9 it there."""
     hang = (
-        "import os, time, sys, pyrovae.io as io\n"
+        f"import os, time, sys, {module} as m\n"
         "real = os.replace\n"
         "def slow(src, dst):\n"
-        "    if str(dst).endswith('checkpoint.pt'):\n"
-        "        print('writing', flush=True); time.sleep(60)\n"
+        f"    hit = {target!r} in str(dst)\n"
+        f"    if hit and {when == 'before'}:\n"
+        "        print('stopped', flush=True); time.sleep(60)\n"
         "    real(src, dst)\n"
-        "io.os.replace = slow\n"
+        f"    if hit and {when == 'after'}:\n"
+        "        print('stopped', flush=True); time.sleep(60)\n"
+        "m.os.replace = slow\n"
         "from pyrovae.cli import main\n"
-        f"sys.exit(main(['train', '--resume', {str(run)!r}, '--epochs', '4', '--no-progress']))\n"
+        f"sys.exit(main({args!r}))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", hang], stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:
-        if line.startswith("writing"):
+        if line.startswith("stopped"):
             break
     proc.kill()
     proc.wait()
+
+
+def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint(run):
+    before = (run / "checkpoint.pt").read_bytes()
+    kill_at_rename("pyrovae.io", "before", "checkpoint.pt", ["train", "--resume", str(run), "--epochs", "4",
+                                                              "--no-progress"])
     assert (run / "checkpoint.pt").read_bytes() == before and list(run.glob(".checkpoint.pt.*.tmp"))
     assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
     assert whole(run) and no_leftovers(run.parent)
@@ -676,23 +686,7 @@ def test_kill_9_between_the_two_renames_of_an_overwrite_loses_nothing(run, tmp_p
     """The old folder is moved aside, then the new one moved in: killed in between, the next
     writer puts the old run back, byte for byte."""
     before = state(run)
-    hang = (
-        "import os, time, sys, pyrovae.runs as runs\n"
-        "real = os.replace\n"
-        "def slow(src, dst):\n"
-        "    real(src, dst)\n"
-        "    if '.old-' in str(dst):\n"
-        "        print('between', flush=True); time.sleep(60)\n"
-        "runs.os.replace = slow\n"
-        "from pyrovae.cli import main\n"
-        f"sys.exit(main(['train', *{S!r}, '--epochs', '2', '--out', {str(run)!r}, '--overwrite']))\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", hang], stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("between"):
-            break
-    proc.kill()
-    proc.wait()
+    kill_at_rename("pyrovae.runs", "after", ".old-", ["train", *S, "--epochs", "2", "--out", str(run), "--overwrite"])
     assert not run.exists() and list(run.parent.glob(".run.old-*"))
     assert main(["evaluate", str(run), "--num-samples", "5", "--no-progress"]) == 0  # the next writer recovers
     restored = state(run)
