@@ -465,8 +465,8 @@ def check_batch(tensors: Sequence[torch.Tensor], what: str = "data") -> None:
     for i, t in enumerate(tensors):
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).reshape(len(t), -1).any(1).nonzero()[:5, 0].tolist()
-            which = f"item {i} of the batch" if len(tensors) > 1 else "it"
-            raise DataError(f"{what} contains NaN or infinite values ({which}, rows {bad}...)")
+            where = f"item {i} of the batch, " if len(tensors) > 1 else ""
+            raise DataError(f"{what} contains NaN or infinite values ({where}rows {bad}...)")
 
 
 def minibatches(
@@ -490,7 +490,8 @@ def minibatches(
 
 
 def check_observations(x: torch.Tensor, data_dim: int | None = None, what: str = "data") -> None:
-    """Shape and finiteness checks shared by training and evaluation; raises :class:`DataError`."""
+    """Observations of shape ``(N, D)`` (``D = data_dim`` when given), then the rows checks of
+    :func:`check_batch` (not empty, finite); raises :class:`DataError`."""
     if not torch.is_tensor(x):
         raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
@@ -498,8 +499,4 @@ def check_observations(x: torch.Tensor, data_dim: int | None = None, what: str =
         raise DataError(f"{what} must have shape (N, D); got {tuple(x.shape)}{hint}")
     if data_dim is not None and x.shape[1] != data_dim:
         raise DataError(f"{what} has {x.shape[1]} values per row but the model expects {data_dim}")
-    if x.shape[0] == 0:
-        raise DataError(f"{what} is empty")
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).any(1).nonzero()[:5, 0].tolist()
-        raise DataError(f"{what} contains NaN or infinite values (rows {bad}...)")
+    check_batch((x,), what)

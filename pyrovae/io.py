@@ -63,6 +63,11 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
+def fingerprint(data: bytes) -> str:
+    """The first 16 hex digits of the SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def file_fingerprint(path: str | Path) -> str:
-    """The first 16 hex digits of the SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    """:func:`fingerprint` of a file's bytes."""
+    return fingerprint(Path(path).read_bytes())

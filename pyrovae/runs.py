@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import io
 import os
 import shutil
@@ -36,10 +35,11 @@ from typing import Any
 
 import torch
 
+from ._text import first_line
 from .config import ConfigError, RunConfig
 from .data import ImageData, load_dataset
 from .infer import Trainer
-from .io import atomic_write, file_fingerprint, write_csv
+from .io import atomic_write, file_fingerprint, fingerprint, write_csv
 from .models import build_model
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
@@ -238,7 +238,7 @@ def read_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
         raise ConfigError(f"{path} cannot be read as a pyrovae checkpoint: {why}") from None
     if not isinstance(state, dict) or "module" not in state or "trainer" not in state:
         raise ConfigError(f"{path} is not a pyrovae checkpoint (no 'module' and 'trainer' entries)")
-    return state, hashlib.sha256(data).hexdigest()[:16]
+    return state, fingerprint(data)
 
 
 def checkpoint_fingerprint(run_dir: str | Path) -> str | None:
@@ -252,7 +252,7 @@ def restore_module(module, state: dict[str, Any], run_dir: str | Path) -> None:
     try:
         module.load_state_dict(state["module"])
     except (KeyError, RuntimeError) as err:
-        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")
+        first = first_line(err)
         raise ConfigError(
             f"{Path(run_dir) / CHECKPOINT} does not fit the model that {CONFIG} describes ({first}); "
             "was one of the two replaced?"

@@ -85,6 +85,7 @@ def cmd_evaluate(args) -> None:
         )
         seconds = time.perf_counter() - start
         k = args.num_samples
+        report = model.report()
         summary = {
             **res.summary(),
             "seconds": seconds,
@@ -97,9 +98,9 @@ def cmd_evaluate(args) -> None:
             "subset": subset,
             "sample_seed": args.seed,
             "model": config.model,
-            **model.report(),
+            **report,
             **on_scale(res.mean, config.data_dim, config.data_space, config.levels,
-                       discrete=model.report().get("discrete_likelihood", True)),
+                       discrete=report.get("discrete_likelihood", True)),
             "data_dim": config.data_dim,
             "checkpoint_epoch": stamp["epoch"],
             "checkpoint_fingerprint": stamp["fingerprint"],

@@ -62,6 +62,8 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 from pyro.poutine.util import site_is_subsample
 
+from .._text import first_line
+from ..data import DataError, as_float_tensor
 from .handlers import cuda_devices
 
 PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's vectorised ELBOs use
@@ -175,7 +177,7 @@ def check_contract(model: Callable, guide: Callable, x: torch.Tensor, *args, pla
             guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
         except (ValueError, RuntimeError, TypeError) as err:  # Pyro's shape checks, torch's size errors
-            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+            first = first_line(err)
             raise ContractError(
                 f"the model/guide pair fails a plain run on {x.shape[0]} rows of x: {first}. Positional "
                 "tensors whose dim 0 is x's are cut into chunks with x; keyword arguments are passed "
@@ -393,8 +395,6 @@ class MarginalLikelihood:
 def _rows(x, model: Callable) -> torch.Tensor:
     """``x`` as a tensor with rows: a numpy array is converted; a model that is a method of an
     object with ``prepare_data`` (a :class:`~pyrovae.VAE`) converts dtypes as in training."""
-    from ..data import DataError, as_float_tensor
-
     owner_prepare = getattr(getattr(model, "__self__", None), "prepare_data", None)
     if isinstance(x, np.ndarray):
         x = as_float_tensor(x, torch.get_default_dtype()) if owner_prepare is None else owner_prepare(x)

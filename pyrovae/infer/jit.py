@@ -18,7 +18,9 @@ import pyro
 import torch
 from pyro import poutine
 
+from .._text import first_line
 from .factors import factors
+from .handlers import cuda_devices
 
 
 class TracedLoss:
@@ -80,7 +82,7 @@ class TracedLoss:
         # Tracing runs the loss once; fork the generator so that compiling (e.g. after a
         # resume) does not shift the random numbers training sees.
         with warnings.catch_warnings(), pyro.validation_enabled(False), poutine.block(), \
-                torch.random.fork_rng(devices=_devices(tensors[0])):
+                torch.random.fork_rng(devices=cuda_devices(tensors)):
             warnings.simplefilter("ignore")  # Pyro's tracer warnings and jit's deprecation notice
             try:
                 return torch.jit.trace(flat, (*self.params, *factor_tensors, *tensors), check_trace=False)
@@ -92,7 +94,7 @@ class TracedLoss:
 
     def _verify(self, graph, inputs, tensors) -> None:
         """Give up on ``graph`` unless it matches the eager loss on the same random numbers."""
-        with torch.random.fork_rng(devices=_devices(tensors[0])):
+        with torch.random.fork_rng(devices=cuda_devices(tensors)):
             state = rng_state(tensors[0])
             # eager with gradients on (TraceEnum_ELBO refuses a loss without them); an error
             # here is the pair's own: let it through
@@ -118,16 +120,11 @@ class TracedLoss:
 
 
 def _cause(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+    return f"{type(err).__name__}: {first_line(err)}"
 
 
 def _value(t: torch.Tensor) -> str:
     return f"{t.item():.6g}" if t.numel() == 1 else f"shape {tuple(t.shape)}"
-
-
-def _devices(x: torch.Tensor) -> list[int]:
-    return [x.device.index or 0] if x.is_cuda else []
 
 
 def rng_state(x: torch.Tensor) -> torch.Tensor:

@@ -40,10 +40,11 @@ import pyro
 import torch
 from pyro import poutine
 
+from .._text import first_line
 from ..config import DEFAULTS
 from ..data import DataError, ImageData, as_tensors, heldout_generator, minibatches
 from .factors import Schedule, factors, set_factor
-from .handlers import inspect_pair, unscaled
+from .handlers import cuda_devices, inspect_pair, unscaled
 from .importance import ContractError, guess_max_plate_nesting
 from .jit import TracedLoss, rng_state, set_rng_state
 from .objectives import make_objective, objective_label, sums_out_enumerated_sites
@@ -133,7 +134,7 @@ class Trainer:
         if self.optimizer is not None:
             return
         batch = _as_batch(batch)
-        with torch.random.fork_rng(_devices(batch[0])):  # leave the random numbers to training
+        with torch.random.fork_rng(cuda_devices(batch)):  # leave the random numbers to training
             self._setup(batch)
 
     def _setup(self, batch: tuple[torch.Tensor, ...]) -> None:
@@ -263,10 +264,14 @@ class Trainer:
         as it was, so evaluating does not change the course of training.
         """
         batch = as_tensors(self._prepare(data), heldout_generator(seed), what="evaluation data")
-        bound = make_objective(objective or self.default_bound(batch), num_particles, self.max_plate_nesting)
+        return self._bound(batch, objective or self.default_bound(batch), num_particles, batch_size, seed)
+
+    def _bound(self, batch: tuple[torch.Tensor, ...], objective, num_particles: int, batch_size: int, seed: int):
+        """:meth:`evaluate` of a batch already prepared and checked (the per-epoch bounds)."""
+        bound = make_objective(objective, num_particles, self.max_plate_nesting)
         model, guide = unscaled(self.model), unscaled(self.guide)
         total = 0.0
-        with torch.random.fork_rng(devices=_devices(batch[0])), torch.no_grad():
+        with torch.random.fork_rng(devices=cuda_devices(batch)), torch.no_grad():
             pyro.set_rng_seed(seed)
             for part in minibatches(batch, batch_size, shuffle=False):
                 total += bound.loss(model, guide, *part)
@@ -348,9 +353,10 @@ class Trainer:
             }
             if self._weighted(batch):
                 record["objective"] += ", weighted"
-                record["train_elbo"] = self.evaluate(tuple(t[:MONITOR_ROWS] for t in batch), seed=seed)
+                record["train_elbo"] = self._bound(tuple(t[:MONITOR_ROWS] for t in batch), self.default_bound(), 1,
+                                                   1000, seed)
             if heldout_batch is not None:
-                record["heldout_elbo"] = self.evaluate(heldout_batch, seed=seed)
+                record["heldout_elbo"] = self._bound(heldout_batch, self.default_bound(), 1, 1000, seed)
             self.history.append(record)
             if verbose:
                 tqdm.write(_format_record(record))
@@ -382,7 +388,7 @@ class Trainer:
         if self.check_data is not None:
             self.check_data(*batch, what=what)
         with pyro.validation_enabled(True), poutine.block(), torch.no_grad(), \
-                torch.random.fork_rng(_devices(batch[0])):
+                torch.random.fork_rng(cuda_devices(batch)):
             try:
                 guide_trace = poutine.trace(self.guide).get_trace(*rows)
                 model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace))
@@ -395,9 +401,8 @@ class Trainer:
                     "support of the likelihood (e.g. binarise images for a Bernoulli)"
                 ) from None
             except RuntimeError as err:  # torch's size and dtype errors inside the pair
-                first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
                 raise DataError(
-                    f"the model/guide pair fails on the first rows of the {what}: {first}. Check the "
+                    f"the model/guide pair fails on the first rows of the {what}: {first_line(err)}. Check the "
                     "tensors' shapes and dtypes against what the model and guide expect"
                 ) from None
 
@@ -503,10 +508,6 @@ def _check_signature(fn: Callable, role: str, rows: tuple, what: str) -> None:
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def _devices(x: torch.Tensor) -> list[int]:
-    return [x.device.index or 0] if x.is_cuda else []
 
 
 def _format_record(r: dict[str, Any]) -> str:
