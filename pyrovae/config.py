@@ -45,6 +45,8 @@ def check_options(cls: type, options: dict[str, Any], what: str, skip: tuple[str
             raise ConfigError(f"{what} has no option {key!r}; its options: {known or 'none'}")
         param = params[key]
         default = param.default
+        if value is None and default is not None and "None" not in str(param.annotation):
+            raise ConfigError(f"{what} option {key} takes a value, not none")
         if default is None or default is param.empty:  # the annotation says what it takes
             default = _example(str(param.annotation))
         checked[key] = _coerce(value, default, f"{what} option {key}")

@@ -173,6 +173,7 @@ BAD_OPTIONS = [
     (["--likelihood-opt", "x"], "expected KEY=VALUE"),
     (["--prior-opt", "=3"], "expected KEY=VALUE"),
     (["--prior-opt", "components=nan"], "finite"),
+    (["--prior", "mog", "--prior-opt", "components=none"], "components takes a value, not none"),
 ]
 
 
