@@ -107,7 +107,7 @@ class RunConfig:
     Data: ``dataset`` (``embedded``, ``mnist``, ``fashion-mnist``), ``data_dir``,
     ``data_space`` (``None``: the model's own), ``levels``, ``train_size``, ``heldout_size``.
     Model: ``model`` (a name in :data:`pyrovae.models.MODELS`) and ``model_options``.
-    Optimisation: ``objective``, ``particles``, ``epochs``, ``batch_size``, ``lr``, ``lr_decay``,
+    Optimisation: ``objective`` (``None``: the model's own, ``elbo`` for a VAE), ``particles``, ``epochs``, ``batch_size``, ``lr``, ``lr_decay``,
     ``clip_norm``, ``jit``, ``seed``, ``device``. ``data_dim`` and ``image_shape`` are filled in
     from the data.
     """
@@ -120,7 +120,7 @@ class RunConfig:
     heldout_size: int | None = None
     model: str = "vae"
     model_options: dict[str, Any] = field(default_factory=dict)
-    objective: str = "elbo"
+    objective: str | None = None
     particles: int = 1
     epochs: int = 20
     batch_size: int = 128

@@ -77,12 +77,22 @@ def build_trainer(model, config: RunConfig) -> Trainer:
         raise ConfigError(f"the configuration's training settings: {err}") from None
 
 
+def training_objective(model, config: RunConfig):
+    """The run's objective: ``config.objective`` by name, else the model's ``default_objective``
+    (a name such as ``"enum"``, or a method that builds the model's own objective object), else ``elbo``."""
+    objective = config.objective or getattr(model, "default_objective", None) or "elbo"
+    return objective() if callable(objective) else objective
+
+
 def _trainer(model, config: RunConfig) -> Trainer:
+    objective = training_objective(model, config)
+    schedules = model.training_schedules() if hasattr(model, "training_schedules") and not config.objective else None
     return Trainer(
         model.model,
         model.guide,
-        objective=config.objective,
-        num_particles=config.particles,
+        objective=objective,
+        schedules=schedules,
+        num_particles=config.particles if isinstance(objective, str) else 1,
         lr=config.lr,
         lr_decay=config.lr_decay,
         clip_norm=config.clip_norm,

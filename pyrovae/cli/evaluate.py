@@ -12,6 +12,7 @@ import torch
 from ..data import as_tensors, heldout_generator, heldout_seed
 from ..infer import log_marginal_likelihood
 from ..infer.importance import DEFAULT_CHUNK_SIZE
+from ..infer.trainer import prepare
 from ..io import file_fingerprint, write_csv, write_json
 from ..plots import plot_khat
 from ..runs import RunFolder, checkpoint_fingerprint, load_run, load_run_data, run_exists
@@ -50,7 +51,8 @@ def add_parser(sub) -> None:
 def heldout_batch(model, config, dev) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, str]:
     """The run's held-out tensors as the model observes them, drawn once with the run's seed."""
     _, heldout = load_run_data(config)
-    batch = as_tensors(model.prepare_data(heldout), heldout_generator(config.seed), dev, "held-out data")
+    batch = as_tensors(prepare(model.prepare_data, heldout, heldout=True), heldout_generator(config.seed), dev,
+                       "held-out data")
     return batch, heldout.labels, heldout.name
 
 

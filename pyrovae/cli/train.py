@@ -89,7 +89,8 @@ def add_parser(sub) -> None:
     o = p.add_argument_group("optimisation")
     o.add_argument(
         "--objective", default=DEFAULTS.objective, choices=sorted(OBJECTIVES),
-        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (closed-form KL); enum: TraceEnum_ELBO "
+        help="default: the model's own (elbo for vae; enum for models with an enumerated discrete latent). "
+        "elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (closed-form KL); enum: TraceEnum_ELBO "
         "(enumerated discrete sites summed out); iwae: importance-weighted bound with --particles samples",
     )
     o.add_argument(
@@ -113,7 +114,7 @@ def add_parser(sub) -> None:
     )
     o.add_argument("--no-jit", dest="jit", action="store_false", help="do not compile the loss with torch.jit.trace")
     r = p.add_argument_group("run")
-    r.add_argument("--out", default=None, help="run folder (default: runs/<date>-<dataset>-<objective>)")
+    r.add_argument("--out", default=None, help="run folder (default: runs/<date>-<dataset>-<model>)")
     r.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder up to --epochs")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
     r.add_argument("--seed", type=seed, default=DEFAULTS.seed, help="seeds weights, data order, binarisation and noise")
@@ -179,7 +180,7 @@ def _run_dir(args) -> Path:
     if args.out:
         return Path(args.out)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{args.dataset}-{args.objective}"
+    return Path("runs") / f"{stamp}-{args.dataset}-{args.model}"
 
 
 # flags that --resume takes: the rest of the run is its config.json's

@@ -89,7 +89,7 @@ class Trainer:
         model: Callable,
         guide: Callable,
         *,
-        objective: Any = DEFAULTS.objective,
+        objective: Any = "elbo",
         num_particles: int = DEFAULTS.particles,
         lr: float = DEFAULTS.lr,
         lr_decay: float = DEFAULTS.lr_decay,
@@ -263,7 +263,7 @@ class Trainer:
         generator of ``seed``). Uses its own random numbers and leaves the global generator
         as it was, so evaluating does not change the course of training.
         """
-        batch = as_tensors(self._prepare(data), heldout_generator(seed), what="evaluation data")
+        batch = as_tensors(self._prepare(data, heldout=True), heldout_generator(seed), what="evaluation data")
         return self._bound(batch, objective or self.default_bound(batch), num_particles, batch_size, seed)
 
     def _bound(self, batch: tuple[torch.Tensor, ...], objective, num_particles: int, batch_size: int, seed: int):
@@ -307,7 +307,8 @@ class Trainer:
         source = self._prepare(data)
         heldout_batch = None
         if heldout is not None:
-            heldout_batch = as_tensors(self._prepare(heldout), heldout_generator(seed), device, "held-out data")
+            heldout_batch = as_tensors(self._prepare(heldout, heldout=True), heldout_generator(seed), device,
+                                       "held-out data")
             self._check(heldout_batch, "held-out data")
         start_epoch = self.epoch + 1
         first = as_tensors(source, _epoch_generator(seed, start_epoch), device, "training data")
@@ -357,6 +358,7 @@ class Trainer:
                                                    1000, seed)
             if heldout_batch is not None:
                 record["heldout_elbo"] = self._bound(heldout_batch, self.default_bound(), 1, 1000, seed)
+                record.update(self._heldout_metrics(heldout_batch, seed))
             self.history.append(record)
             if verbose:
                 tqdm.write(_format_record(record))
@@ -364,18 +366,31 @@ class Trainer:
                 callback(self, record)
         return self.history
 
+    def _heldout_metrics(self, batch: tuple[torch.Tensor, ...], seed: int) -> dict[str, float]:
+        """The owner's ``heldout_metrics(*batch)`` (e.g. a classifier's accuracy), with its own
+        random numbers so that it leaves the course of training unchanged."""
+        metrics = getattr(getattr(self.model, "__self__", None), "heldout_metrics", None)
+        if metrics is None:
+            return {}
+        with torch.random.fork_rng(devices=cuda_devices(batch)), torch.no_grad():
+            pyro.set_rng_seed(seed)
+            return {k: float(v) for k, v in metrics(*batch).items()}
+
     def _weighted(self, batch) -> bool:
-        """Whether the objective weights some site (a schedule, or a ``poutine.scale`` != 1)."""
-        if self.schedules:
+        """Whether the objective is not the ELBO: a schedule, a ``poutine.scale`` != 1, or an
+        objective that says so (``weighted = True``, e.g. a capacity objective)."""
+        if self.schedules or getattr(self.objective, "weighted", False):
             return True
         return bool(inspect_pair(self.model, self.guide, *(t[:16] for t in batch)).scaled)
 
-    def _prepare(self, data):
-        """The owner's ``prepare_data`` (data space, dtypes) for images and single tensors."""
+    def _prepare(self, data, heldout: bool = False):
+        """The owner's ``prepare_data`` (data space, dtypes, labels) for images and single tensors;
+        ``heldout=True`` is passed on to a ``prepare_data`` that takes it (a semi-supervised model
+        observes the training set's few labels, and scores held-out data by ``p(x)``)."""
         if self.prepare_data is not None and (
             isinstance(data, (ImageData, np.ndarray)) or torch.is_tensor(data)
         ):
-            return self.prepare_data(data)
+            return prepare(self.prepare_data, data, heldout)
         return data
 
     def _check(self, batch: tuple[torch.Tensor, ...], what: str) -> None:
@@ -504,6 +519,15 @@ def _check_signature(fn: Callable, role: str, rows: tuple, what: str) -> None:
             f"cannot take them ({err}). Pass data with one tensor per positional argument: a "
             "tuple (x, y), or ImageData.with_labels() for model(x, y)"
         ) from None
+
+
+def prepare(prepare_data: Callable, data, heldout: bool = False):
+    """``prepare_data(data, heldout=heldout)``, or ``prepare_data(data)`` for one without that keyword."""
+    try:
+        takes = "heldout" in inspect.signature(prepare_data).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return prepare_data(data, heldout=heldout) if takes else prepare_data(data)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -30,9 +30,11 @@ class PyroModel(Protocol):
 
     def guide(self, *batch) -> Any: ...
 
-    def prepare_data(self, data: Any) -> Any:
+    def prepare_data(self, data: Any, heldout: bool = False) -> Any:
         """The data source the pair observes: from an ``ImageData`` (its space; labels if it
-        needs them), and from a tensor (the dtype the model computes in; anything else as is)."""
+        needs them), and from a tensor (the dtype the model computes in; anything else as is).
+        ``heldout=True`` for data that are scored rather than trained on (e.g. without the few
+        labels a semi-supervised model trains with)."""
 
     def check_data(self, *tensors: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`~pyrovae.data.DataError` with the fix when the tensors do not fit."""
@@ -48,6 +50,11 @@ class PyroModel(Protocol):
         """Descriptive fields for evaluation summaries (likelihood, prior, ...)."""
 
 
+# Optional members, used where present:
+#   default_objective   an OBJECTIVES name ("enum") or a method returning an objective object,
+#                       used when the run names no objective (RunConfig.objective is None);
+#   training_schedules  a method returning {factor name: schedule}, with the model's own objective;
+#   heldout_metrics     a method (*heldout batch) -> {name: number}, recorded in metrics.csv per epoch.
 PROTOCOL = ("model", "guide", "data_space", "prepare_data", "check_data", "write_pictures", "generate",
             "to_picture", "report")
 

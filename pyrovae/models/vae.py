@@ -113,7 +113,7 @@ class VAE(nn.Module):
         """The data space images are observed in by default: the likelihood's."""
         return self.likelihood.data_space
 
-    def prepare_data(self, data):
+    def prepare_data(self, data, heldout: bool = False):
         """``data`` as the pair observes it. An :class:`~pyrovae.data.ImageData` in the
         likelihood's data space: chosen when unset, refused when it cannot be scored (e.g.
         binarised digits under a categorical over grey levels). A tensor (or array) in the
