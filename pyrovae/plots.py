@@ -163,3 +163,27 @@ def plot_compare(path, table: list[dict]) -> None:
     ax.set_xlabel(f"test log p(x), nats per image ({table[0]['scale']} scale, K = {table[0]['num_samples']})")
     ax.legend(loc="lower left", fontsize=8)
     save_figure(fig, path)
+
+
+def plot_rows(path, rows: Sequence[torch.Tensor], row_labels: Sequence[str], image_shape, title: str = "",
+              col_labels: Sequence[str] | None = None) -> None:
+    """One row of images per entry of ``rows`` (each ``(n, D)`` in ``[0, 1]``), labelled on the
+    left: completions beside their input and truth, samples per class or component, traversals."""
+    ncol = max(len(r) for r in rows)
+    h, w = tuple(image_shape)[-2:]
+    fig, ax = new_figure((0.55 * ncol + 1.2, 0.55 * len(rows) + 0.6))
+    grid = np.ones((len(rows) * (h + 1) - 1, ncol * (w + 1) - 1), dtype=np.float32)
+    for i, row in enumerate(rows):
+        part = image_grid(row.clamp(0, 1), image_shape, ncol)
+        grid[i * (h + 1) : i * (h + 1) + h, : part.shape[1]] = part
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([i * (h + 1) + h / 2 for i in range(len(rows))], list(row_labels), fontsize=8)
+    if col_labels is not None:
+        ax.set_xticks([j * (w + 1) + w / 2 for j in range(len(col_labels))], list(col_labels), fontsize=8)
+    else:
+        ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
