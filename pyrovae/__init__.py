@@ -5,6 +5,7 @@ from .config import ConfigError, RunConfig
 from .data import DataError, ImageData, from_tensor, load_dataset, load_embedded_mnist, load_train_test
 from .infer import (
     IWAE,
+    CapacityELBO,
     ContractError,
     MarginalLikelihood,
     Trainer,
@@ -28,6 +29,7 @@ __all__ = [
     "__version__",
     "IWAE",
     "MODELS",
+    "CapacityELBO",
     "VAE",
     "ComparisonError",
     "ConfigError",

@@ -49,6 +49,9 @@ def check_options(cls: type, options: dict[str, Any], what: str, skip: tuple[str
             raise ConfigError(f"{what} option {key} takes a value, not none")
         if default is None or default is param.empty:  # the annotation says what it takes
             default = _example(str(param.annotation))
+        elif isinstance(default, tuple) and default and ("Sequence" in str(param.annotation)
+                                                         or "..." in str(param.annotation)):
+            default = default[:1]  # any length, e.g. hidden widths
         checked[key] = _coerce(value, default, f"{what} option {key}")
     return checked
 
@@ -107,7 +110,8 @@ class RunConfig:
     Data: ``dataset`` (``embedded``, ``mnist``, ``fashion-mnist``), ``data_dir``,
     ``data_space`` (``None``: the model's own), ``levels``, ``train_size``, ``heldout_size``.
     Model: ``model`` (a name in :data:`pyrovae.models.MODELS`) and ``model_options``.
-    Optimisation: ``objective`` (``None``: the model's own, ``elbo`` for a VAE), ``particles``, ``epochs``, ``batch_size``, ``lr``, ``lr_decay``,
+    Optimisation: ``objective`` (``None``: the model's own, ``elbo`` for a VAE), ``particles``,
+    ``epochs``, ``batch_size``, ``lr``, ``lr_decay``,
     ``clip_norm``, ``jit``, ``seed``, ``device``. ``data_dim`` and ``image_shape`` are filled in
     from the data.
     """

@@ -500,3 +500,20 @@ def check_observations(x: torch.Tensor, data_dim: int | None = None, what: str =
     if data_dim is not None and x.shape[1] != data_dim:
         raise DataError(f"{what} has {x.shape[1]} values per row but the model expects {data_dim}")
     check_batch((x,), what)
+
+
+def check_labels(y: torch.Tensor, num_classes: int, what: str = "data") -> None:
+    """Class indices of shape ``(N,)`` in ``0 .. num_classes - 1``; raises :class:`DataError`."""
+    if not torch.is_tensor(y) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        kind = y.dtype if torch.is_tensor(y) else type(y).__name__
+        raise DataError(f"{what}: labels must be an integer tensor of class indices (int64), not {kind}")
+    if y.dim() != 1:
+        hint = "; for one-hot labels use y.argmax(-1)" if y.dim() == 2 and y.shape[1] == num_classes else ""
+        raise DataError(f"{what}: labels must have shape (N,), one class index per image; got {tuple(y.shape)}{hint}")
+    check_batch((y,), what)
+    if y.min() < 0 or y.max() >= num_classes:
+        raise DataError(
+            f"{what}: labels must lie in 0..{num_classes - 1}, but they range over [{int(y.min())}, {int(y.max())}]; "
+            "give every image its class (an unlabelled image's label is never observed: any class will do), or "
+            "set the model's number of classes"
+        )

@@ -145,7 +145,8 @@ def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
         raise ComparisonError(f"{path} is not a pyrovae evaluation (it lacks {missing}); run `pyrovae evaluate {run}`")
     _check_current(run, path, summary)
     scale, offset = data_scale(summary["data_space"], summary.get("levels"), summary.get("discrete_likelihood", True))
-    summary["scale"] = scale
+    # a model whose score is no density on its space (a cross-entropy of grey values) names its own scale
+    summary["scale"] = (summary.get("scales") or {}).get(summary["data_space"], scale)
     csv_path = path.with_suffix(".csv")
     recorded = summary.get("csv_fingerprint")
     if not csv_path.exists() or (recorded is not None and recorded != file_fingerprint(csv_path)):

@@ -21,7 +21,8 @@ from pyrovae.cli import build_parser, main
 from pyrovae.cli.common import to_flags
 from pyrovae.cli.train import config_from_args
 from pyrovae.config import DEFAULTS, ConfigError, RunConfig
-from pyrovae.models import MODELS, register_model
+from pyrovae.models import MODELS, MixtureVAE, register_model
+from pyrovae.runs import training_objective
 
 PACKAGE = Path(pyrovae.__file__).parent
 FAST = ["--train-size", "600", "--heldout-size", "100", "--batch-size", "100", "--no-progress"]
@@ -151,9 +152,13 @@ def test_the_cli_python_and_the_config_share_one_set_of_defaults():
                  "lr", "lr_decay", "clip_norm", "jit", "seed", "device", "model_options"):
         assert getattr(from_cli, name) == getattr(DEFAULTS, name), name
     trainer_defaults = inspect.signature(pyrovae.Trainer).parameters
-    for name, field in (("objective", "objective"), ("num_particles", "particles"), ("lr", "lr"),
+    for name, field in (("num_particles", "particles"), ("lr", "lr"),
                         ("lr_decay", "lr_decay"), ("clip_norm", "clip_norm"), ("jit", "jit")):
         assert trainer_defaults[name].default == getattr(DEFAULTS, field), name
+    # the config names no objective (the model's own): for a VAE that is the trainer's default
+    assert DEFAULTS.objective is None
+    assert training_objective(pyrovae.VAE(hidden=(8,)), DEFAULTS) == trainer_defaults["objective"].default == "elbo"
+    assert training_objective(MixtureVAE(hidden=(8,)), DEFAULTS) == "enum"
     train_defaults = inspect.signature(pyrovae.train).parameters
     for name in ("epochs", "batch_size", "seed"):
         assert train_defaults[name].default == getattr(DEFAULTS, name), name

@@ -32,3 +32,15 @@ def test_swap_prior_ranks_all_priors_with_paired_errors(capsys):
     _load("swap_prior").main(_args(variants=["normal", "mog-10", "flow"]))
     out = capsys.readouterr().out
     assert "| 3 |" in out and "s.e.(Δ)" in out and "never ranked" not in out
+
+
+def test_cvae_example_scores_baseline_and_cvae_by_importance_sampling(capsys):
+    _load("cvae").main(_args(quadrants=3, eval_samples=10, eval_points=40))
+    out = capsys.readouterr().out
+    assert "quadrant-nn: -log p(y | x) =" in out and "cvae: -log p(y | x) =" in out and "K=10" in out
+
+
+def test_mixture_example_reports_log_px_and_clustering(capsys):
+    _load("mixture_vae").main(_args(components=3, eval_samples=10, eval_points=40))
+    out = capsys.readouterr().out
+    assert "class summed out" in out and "clustering accuracy" in out

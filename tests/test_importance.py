@@ -287,3 +287,13 @@ def test_the_docs_state_the_default_chunk_size_of_the_code():
 
     text = (Path(__file__).parents[1] / "docs" / "importance_sampling.md").read_text()
     assert f"default 2¹² = {DEFAULT_CHUNK_SIZE:,}" in text and DEFAULT_CHUNK_SIZE == 2**12
+
+
+def test_khat_of_weights_equal_up_to_float32_rounding_is_minus_infinity():
+    """A perfect proposal's weights computed in float32 differ by rounding only (1e-5 apart at
+    |log w| = 550): no tail to fit, k-hat -inf, where ArviZ alone raises 'All tail values are the same'."""
+    lw = np.float32(-550.0) + np.random.default_rng(0).normal(0, 1e-5, (3, 200)).astype(np.float32)
+    assert np.all(psis_khat(lw) == -np.inf)
+    mixed = np.vstack([lw[:1].astype(np.float64), np.random.default_rng(1).normal(size=(1, 200))])
+    k = psis_khat(mixed)
+    assert k[0] == -np.inf and np.isfinite(k[1])

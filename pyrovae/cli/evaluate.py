@@ -88,6 +88,7 @@ def cmd_evaluate(args) -> None:
         seconds = time.perf_counter() - start
         k = args.num_samples
         report = model.report()
+        scored_dim = report.get("scored_dim", config.data_dim)  # a completion model scores only its output pixels
         summary = {
             **res.summary(),
             "seconds": seconds,
@@ -101,9 +102,11 @@ def cmd_evaluate(args) -> None:
             "sample_seed": args.seed,
             "model": config.model,
             **report,
-            **on_scale(res.mean, config.data_dim, config.data_space, config.levels,
+            **on_scale(res.mean, scored_dim, config.data_space, config.levels,
                        discrete=report.get("discrete_likelihood", True)),
-            "data_dim": config.data_dim,
+            # a score that is no density on its space names its own scale, so compare never ranks it with densities
+            **({"scale": report["scales"][config.data_space]} if config.data_space in report.get("scales", {}) else {}),
+            "data_dim": scored_dim,
             "checkpoint_epoch": stamp["epoch"],
             "checkpoint_fingerprint": stamp["fingerprint"],
             "run": str(run),

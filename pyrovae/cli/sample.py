@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 from pathlib import Path
 
 import torch
 
+from ..data import heldout_generator
 from ..io import atomic_write
 from ..plots import plot_samples
-from ..runs import RunFolder, load_model
+from ..runs import RunFolder, load_model, load_run_data
 from .common import positive_int, seed
 
 
@@ -33,7 +35,11 @@ def add_parser(sub) -> None:
 def cmd_sample(args) -> None:
     model, config = load_model(args.run)
     torch.manual_seed(args.seed)
-    images = model.generate(args.num, sample=args.draws)
+    extra = {}
+    if "heldout" in inspect.signature(model.generate).parameters:  # a conditional model completes held-out inputs
+        _, heldout = load_run_data(config)
+        extra["heldout"] = model.prepare_data(heldout, heldout=True).observations(heldout_generator(config.seed))
+    images = model.generate(args.num, sample=args.draws, **extra)
     out = Path(args.out) if args.out else Path(args.run) / f"samples-seed{args.seed}.png"
     what = "draws x ~ p(x | z)" if args.draws else "E[x | z]"
     inside = out.resolve().parent == Path(args.run).resolve()

@@ -18,11 +18,12 @@ from .importance import (
     log_marginal_likelihood,
     psis_khat,
 )
-from .objectives import IWAE, OBJECTIVES, make_objective, register_objective
+from .objectives import IWAE, OBJECTIVES, CapacityELBO, make_objective, register_objective
 from .trainer import Trainer, TrainingError, train
 
 __all__ = [
     "IWAE",
+    "CapacityELBO",
     "OBJECTIVES",
     "ContractError",
     "MarginalLikelihood",

@@ -305,15 +305,27 @@ def psis_khat(log_weights: np.ndarray, backend: str | None = None) -> np.ndarray
     """
     lw = np.ascontiguousarray(log_weights, dtype=np.float64)
     flat = lw.reshape(-1, lw.shape[-1])
-    # Equal weights (a perfect proposal) have no tail to fit: k-hat is -inf.
-    spread = flat.max(-1) - flat.min(-1) > 1e-9 * np.maximum(1.0, np.abs(flat).max(-1))
+    # Equal weights (a perfect proposal) have no tail to fit: k-hat is -inf. "Equal" up to a few
+    # float32 rounding steps, as weights computed in float32 are (e.g. 1e-5 apart at |log w| = 550).
+    spread = flat.max(-1) - flat.min(-1) > 1e-6 * np.maximum(1.0, np.abs(flat).max(-1))
     khat = np.full(len(flat), -np.inf)
     if spread.any():
         # weights with a few distinct values (e.g. from a discrete latent) make the tail fit
         # divide by zero inside ArviZ; its k-hat is still defined, the warnings are noise
         with np.errstate(divide="ignore", invalid="ignore"):
-            khat[spread] = _psis_khat(flat[spread], backend)
+            try:
+                khat[spread] = _psis_khat(flat[spread], backend)
+            except ValueError:  # ArviZ: "All tail values are the same" in some row -- a flat tail
+                khat[spread] = [_flat_tail_khat(row, backend) for row in flat[spread]]
     return khat.reshape(lw.shape[:-1])
+
+
+def _flat_tail_khat(row: np.ndarray, backend: str | None) -> float:
+    """k-hat of one row, ``-inf`` where ArviZ finds its tail flat (no tail to fit)."""
+    try:
+        return float(_psis_khat(row[None], backend)[0])
+    except ValueError:
+        return -np.inf
 
 
 def _psis_khat(lw: np.ndarray, backend: str | None) -> np.ndarray:

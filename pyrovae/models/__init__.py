@@ -1,8 +1,16 @@
-"""The model zoo: Pyro model/guide pairs registered by name (:mod:`.registry`).
+"""The model zoo: Pyro model/guide pairs registered by name (:mod:`.registry`; ``docs/zoo.md``).
 
 * ``vae`` -- :class:`VAE`, the variational autoencoder with swappable likelihood and prior.
+* ``cvae``, ``quadrant-nn``, ``cvae-label`` -- conditional VAEs and the baseline (:mod:`.cvae`).
+* ``mixture`` -- :class:`MixtureVAE`, a Gaussian mixture in latent space with an enumerated class.
+* ``m2`` -- :class:`M2`, the semi-supervised VAE of Kingma et al. (2014).
+* ``jointvae`` -- :class:`JointVAE`, continuous and relaxed discrete codes with capacity control.
 """
 
+from .cvae import LabelCVAE, QuadrantCVAE, QuadrantNN
+from .jointvae import JointVAE
+from .m2 import M2, M2Objective
+from .mixture import MixtureVAE
 from .registry import MODELS, ModelEntry, PyroModel, build_model, model_entry, register_model
 from .vae import VAE, configure_vae
 
@@ -10,5 +18,25 @@ register_model(
     "vae", VAE, "variational autoencoder p(z) p(x|z), q(z|x) Gaussian (Kingma & Welling 2014)",
     configure=configure_vae,
 )
+register_model(
+    "cvae", QuadrantCVAE, "conditional VAE completing digits from 1-3 given quadrants, p(z|x) p(y|x,z), "
+    "q(z|x,y) (Sohn et al. 2015)",
+)
+register_model("quadrant-nn", QuadrantNN, "deterministic baseline network for quadrant completion, p(y|x)")
+register_model("cvae-label", LabelCVAE, "label-conditioned VAE p(z) p(x|y,z), q(z|x,y)")
+register_model(
+    "mixture", MixtureVAE, "mixture VAE, c ~ Cat(pi) enumerated, z|c Gaussian, x|z (Dilokthanakul et al. 2016)",
+)
+register_model(
+    "m2", M2, "semi-supervised M2: y ~ Cat(1/10) observed on num_labels images, latent (summed out) on the rest, "
+    "z ~ N(0, I), x|y,z Bernoulli (Kingma et al. 2014)",
+)
+register_model(
+    "jointvae", JointVAE, "JointVAE: z Gaussian and a relaxed categorical code c, capacity objective "
+    "-gamma|KL - C| per latent (Dupont 2018)",
+)
 
-__all__ = ["MODELS", "VAE", "ModelEntry", "PyroModel", "build_model", "model_entry", "register_model"]
+__all__ = [
+    "M2", "MODELS", "VAE", "JointVAE", "LabelCVAE", "M2Objective", "MixtureVAE", "ModelEntry", "PyroModel",
+    "QuadrantCVAE", "QuadrantNN", "build_model", "model_entry", "register_model",
+]
