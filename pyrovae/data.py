@@ -517,3 +517,20 @@ def check_labels(y: torch.Tensor, num_classes: int, what: str = "data") -> None:
             "give every image its class (an unlabelled image's label is never observed: any class will do), or "
             "set the model's number of classes"
         )
+
+
+BINARY_SPACES = ("binary-dynamic", "binary-threshold")
+
+
+def in_spaces(data: ImageData, spaces: Sequence[str], model: str, scores: str = "scores binarised digits") -> ImageData:
+    """``data`` in the first of ``spaces`` when it has no space, as it is when its space is one of
+    them; otherwise a :class:`DataError` that names the spaces ``model`` takes."""
+    if data.space is None:
+        return data.with_space(spaces[0])
+    if data.space not in spaces:
+        raise DataError(
+            f"the {model} model {scores}, but {data.name} is in space {data.space!r}; use "
+            f"{' or '.join(f'--data-space {s}' for s in spaces)} (data.with_space({spaces[0]!r})), or an ImageData "
+            "without a space"
+        )
+    return data

@@ -92,6 +92,14 @@ def plot_curves(path, history: list[dict]) -> None:
     save_figure(fig, path)
 
 
+def write_curves(run: str | Path, history: list[dict]) -> list[str]:
+    """``run/curves.png`` of a run's history (nothing before its first epoch); the names written."""
+    if not history:
+        return []
+    plot_curves(Path(run) / "curves.png", history)
+    return ["curves.png"]
+
+
 def project_2d(z: torch.Tensor) -> tuple[np.ndarray, str]:
     """``z`` itself when 2-D, else its first two principal components."""
     z = z.detach().double().cpu()

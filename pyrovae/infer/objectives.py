@@ -50,7 +50,20 @@ class _TraceMeanField(TraceMeanField_ELBO):
         return loss
 
 
-class IWAE(ELBO):
+class _FromDifferentiableLoss(ELBO):
+    """An ELBO defined by its ``differentiable_loss``: ``loss`` and ``loss_and_grads`` follow from it."""
+
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+
+class IWAE(_FromDifferentiableLoss):
     r"""The importance-weighted bound :math:`\mathcal{L}_K` as a training objective.
 
     .. math::
@@ -105,15 +118,6 @@ class IWAE(ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("IWAE draws all particles in one vectorised trace (log_importance_weights)")
-
-    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()
 
 
 def _pyro_elbo(cls: type) -> Callable[[int, int | None], ELBO]:
@@ -182,7 +186,7 @@ def objective_label(objective, name: str | None = None) -> str:
 Capacity = float | str  # a number of nats, or the name of a factor set per step by a schedule
 
 
-class CapacityELBO(ELBO):
+class CapacityELBO(_FromDifferentiableLoss):
     r"""The controlled-capacity objective of Burgess et al. (2018) and Dupont (2018, JointVAE).
 
     The latent sites are split into groups :math:`g` (e.g. ``{"z": ("z",), "c": ("c",)}``);
@@ -264,15 +268,6 @@ class CapacityELBO(ELBO):
         for group in self.groups:
             loss = loss + t["gamma"] * t["n"] * (t[f"kl.{group}"] - t[f"capacity.{group}"]).abs()
         return loss
-
-    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()
 
     def _terms(self, model_trace, guide_trace) -> dict[str, torch.Tensor]:
         per_particle = self.num_particles  # the sums run over the particle plate too

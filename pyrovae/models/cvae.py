@@ -41,7 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import DataError, ImageData, as_float_tensor, check_labels, check_observations, heldout_generator
+from ..data import (
+    BINARY_SPACES,
+    DataError,
+    ImageData,
+    as_float_tensor,
+    check_labels,
+    check_observations,
+    heldout_generator,
+    in_spaces,
+)
 from ..nets import MLP, MLPEncoder
 
 COMPLETION_SPACES = ("grey", "binary-dynamic", "binary-threshold")
@@ -93,14 +102,7 @@ class _Completion(nn.Module):
         """Images in a space the Bernoulli score takes: grey (the default, Pyro's), or binarised."""
         if not isinstance(data, ImageData):
             return as_float_tensor(data, next(self.parameters()).dtype)
-        if data.space is None:
-            return data.with_space(self.data_space)
-        if data.space not in COMPLETION_SPACES:
-            raise DataError(
-                f"the {self.name} model scores pixels in [0, 1] (data space {' or '.join(COMPLETION_SPACES)}); "
-                f"{data.name} is in space {data.space!r}: use --data-space grey (Pyro's tutorial) or binary-dynamic"
-            )
-        return data
+        return in_spaces(data, COMPLETION_SPACES, self.name, "scores pixels in [0, 1] (grey: Pyro's tutorial)")
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         check_observations(x, self.data_dim, what)
@@ -128,9 +130,7 @@ class _Completion(nn.Module):
         plots.plot_rows(run / "completions.png", [r.cpu() for r in rows], [""] * len(rows), self.image_shape,
                         f"{self.quadrants} quadrant(s) given; E[y | x, z], z ~ p(z | x)", cols)
         written = ["completions.png"]
-        if history:
-            plots.plot_curves(run / "curves.png", history)
-            written.append("curves.png")
+        written += plots.write_curves(run, history)
         return written
 
     def report(self) -> dict[str, Any]:
@@ -284,10 +284,7 @@ class LabelCVAE(nn.Module):
             return as_float_tensor(data, next(self.parameters()).dtype)
         if data.labels is None:
             raise DataError(f"the {self.name} model conditions on labels, and {data.name} has none")
-        if data.space not in (None, "binary-dynamic", "binary-threshold"):
-            raise DataError(f"the {self.name} model scores binarised digits; {data.name} is in space {data.space!r}: "
-                            "use --data-space binary-dynamic or binary-threshold")
-        return data.with_space(data.space or self.data_space).with_labels()
+        return in_spaces(data, BINARY_SPACES, self.name).with_labels()
 
     def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None, what: str = "data") -> None:
         check_observations(x, self.data_dim, what)
@@ -322,7 +319,5 @@ class LabelCVAE(nn.Module):
         plots.plot_rows(run / "by_label.png", rows, [f"y = {c}" for c in range(self.classes)], self.image_shape,
                         "E[x | y, z], z ~ p(z): one row per label")
         written = ["by_label.png"]
-        if history:
-            plots.plot_curves(run / "curves.png", history)
-            written.append("curves.png")
+        written += plots.write_curves(run, history)
         return written

@@ -44,7 +44,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..data import DataError, ImageData, as_float_tensor, check_observations, heldout_generator
+from ..data import DataError, ImageData, as_float_tensor, check_observations, heldout_generator, in_spaces
 from ..infer.factors import Schedule, linear
 from ..infer.objectives import CapacityELBO, discrete_kl
 from ..likelihoods import Bernoulli
@@ -157,13 +157,7 @@ class JointVAE(nn.Module):
         carry labels (the model is unsupervised). A tensor becomes the parameters' float dtype."""
         if not isinstance(data, ImageData):
             return as_float_tensor(data, next(self.parameters()).dtype)
-        if data.space is None:
-            data = data.with_space(self.data_space)
-        elif data.space not in self.likelihood.data_spaces:
-            raise DataError(
-                f"JointVAE's Bernoulli likelihood scores binarised data, but {data.name} is in space "
-                f"{data.space!r}; use data.with_space('binary-dynamic'), or an ImageData without a space"
-            )
+        data = in_spaces(data, self.likelihood.data_spaces, "JointVAE")
         return data.with_labels(heldout and data.labels is not None)
 
     def check_data(self, x: torch.Tensor, labels: torch.Tensor | None = None, what: str = "data") -> None:
@@ -241,9 +235,7 @@ class JointVAE(nn.Module):
             plots.plot_reconstructions(run / "reconstructions.png", x[:64], self.reconstruct(x[:64]), shape)
             plots.plot_samples(run / "samples.png", self.generate(64), shape, "E[x | z, c], z ~ p(z), c ~ p(c) relaxed")
             written = ["reconstructions.png", "samples.png", *self._code_pictures(run, x[:5000])]
-        if history:
-            plots.plot_curves(run / "curves.png", history)
-            written.append("curves.png")
+        written += plots.write_curves(run, history)
         n = min(len(x), 5000)
         labels = heldout.labels[:n] if heldout.labels is not None else None
         plots.plot_latent(run / "latent.png", self.encode(x[:n])[0], labels)

@@ -71,12 +71,14 @@ from torch import nn
 
 from ..config import ConfigError
 from ..data import (
+    BINARY_SPACES,
     DataError,
     ImageData,
     as_float_tensor,
     check_labels,
     check_observations,
     heldout_generator,
+    in_spaces,
 )
 from ..infer.handlers import unscaled
 from ..likelihoods import make_likelihood
@@ -84,7 +86,6 @@ from ..nets import MLP, GaussianHead, activation
 
 #: the training settings of Pyro's examples/vae/ss_vae_M2.py (Adam, betas (0.9, 0.999))
 PYRO_TRAINING = {"lr": 0.00042, "batch_size": 200, "epochs": 50}
-BINARY_SPACES = ("binary-dynamic", "binary-threshold")
 
 
 class M2Objective(TraceEnum_ELBO):
@@ -304,12 +305,7 @@ class M2(nn.Module):
                 f"the M2 model trains on labelled and unlabelled images and scores accuracy against labels, but "
                 f"{data.name} has no labels; pass them: pyrovae.from_tensor(images, labels=...)"
             )
-        if data.space not in (None, *BINARY_SPACES):
-            raise DataError(
-                f"the M2 model's Bernoulli likelihood scores binarised digits, but {data.name} is in space "
-                f"{data.space!r}; use data.with_space('binary-dynamic'), or an ImageData without a space"
-            )
-        data = data.with_space(data.space or self.data_space).with_labels(False)
+        data = in_spaces(data, BINARY_SPACES, "M2").with_labels(False)
         check_labels(data.labels, self.num_classes, data.name)
         if heldout:
             return SemiSupervisedImages(data, torch.zeros(len(data), dtype=torch.bool))
@@ -392,9 +388,7 @@ class M2(nn.Module):
         plots.plot_rows(run / "samples.png", rows, [f"y = {c}" for c in range(self.num_classes)], self.image_shape,
                         "E[x | y, z]: one row per digit y, the same z ~ p(z) down each column")
         written = ["samples.png"]
-        if history:
-            plots.plot_curves(run / "curves.png", history)
-            written.append("curves.png")
+        written += plots.write_curves(run, history)
         n = min(len(x), 5000)
         with torch.no_grad():
             loc, _ = self.encoder_z(x[:n], self.classify(x[:n]))

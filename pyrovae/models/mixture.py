@@ -34,7 +34,16 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..data import DataError, ImageData, as_float_tensor, check_observations, heldout_generator, heldout_seed
+from ..data import (
+    BINARY_SPACES,
+    DataError,
+    ImageData,
+    as_float_tensor,
+    check_observations,
+    heldout_generator,
+    heldout_seed,
+    in_spaces,
+)
 from ..io import write_json
 from ..nets import MLPDecoder, MLPEncoder
 
@@ -99,10 +108,7 @@ class MixtureVAE(nn.Module):
         """Images binarised (a fresh draw per epoch unless a binary space is set)."""
         if not isinstance(data, ImageData):
             return as_float_tensor(data, next(self.parameters()).dtype)
-        if data.space not in (None, "binary-dynamic", "binary-threshold"):
-            raise DataError(f"the {self.name} model has a Bernoulli likelihood; {data.name} is in space "
-                            f"{data.space!r}: use --data-space binary-dynamic or binary-threshold")
-        return data.with_space(data.space or self.data_space)
+        return in_spaces(data, BINARY_SPACES, self.name)
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         check_observations(x, self.data_dim, what)
@@ -159,9 +165,7 @@ class MixtureVAE(nn.Module):
                                                  "data": heldout.name, "heldout_seed": heldout_seed(seed),
                                                  "assignment": "argmax p(c | z = E_q[z | x])"})
             written += ["latent.png", "clustering.json"]
-        if history:
-            plots.plot_curves(run / "curves.png", history)
-            written.append("curves.png")
+        written += plots.write_curves(run, history)
         return written
 
 

@@ -194,9 +194,7 @@ class VAE(nn.Module):
             )
             plots.plot_samples(run / "samples.png", picture(self.generate(64)), shape, "E[x | z], z ~ p(z)")
         written = ["reconstructions.png", "samples.png"]
-        if history:
-            plots.plot_curves(run / "curves.png", history)
-            written.append("curves.png")
+        written += plots.write_curves(run, history)
         n = min(len(x), 5000)
         labels = heldout.labels[:n] if heldout.labels is not None else None
         plots.plot_latent(run / "latent.png", self.encode(x[:n])[0], labels)
