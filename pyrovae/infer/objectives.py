@@ -211,7 +211,7 @@ class CapacityELBO(_FromDifferentiableLoss):
     ``torch.distributions.kl_divergence`` where one is registered (Normal/Normal in closed
     form); for a ``RelaxedOneHotCategorical`` guide and prior, the KL of the *underlying discrete*
     categoricals, :math:`\sum_k q_k \log(q_k / p_k)` (Dupont's choice: not the KL of the relaxed
-    densities, so the objective is a surrogate, not a bound, see ``docs/zoo_jointvae.md``);
+    densities, so the objective is a surrogate, not a bound, see ``docs/zoo.md, JointVAE``);
     :math:`\log q(s) - \log p(s)` at the sample otherwise (Monte Carlo). Latent sites in no
     group enter with weight one, as in the ELBO.
 
@@ -332,7 +332,7 @@ def site_kl(q, p, value: torch.Tensor) -> torch.Tensor:
 def discrete_kl(q, p) -> torch.Tensor:
     r""":math:`\sum_k q_k \log(q_k / p_k)` for the categoricals under two ``RelaxedOneHotCategorical``
     (Dupont 2018); :math:`\sum_k q_k \log(q_k K)` against a uniform prior. Not the KL of the relaxed
-    densities: see ``docs/zoo_jointvae.md``."""
+    densities: see ``docs/zoo.md, JointVAE``."""
     log_q = torch.log_softmax(q.logits, -1)
     log_p = torch.log_softmax(p.logits, -1)
     return (log_q.exp() * (log_q - log_p)).sum(-1)

@@ -26,7 +26,7 @@ with the capacities :math:`C_z, C_c` ramped linearly per step from 0 (Burgess et
 :math:`\mathrm{KL}_c` the KL of the *discrete* categoricals under the relaxations
 (:class:`~pyrovae.infer.objectives.CapacityELBO`). Both latents are continuous and proposed by
 the guide, so the held-out ELBO and importance-sampled :math:`\log p(x)` are those of this
-relaxed-code model (``docs/zoo_jointvae.md``).
+relaxed-code model (``docs/zoo.md, JointVAE``).
 
 The code's accuracy against held-out labels is read after matching codes to labels one-to-one
 (:func:`match_codes`, the Hungarian algorithm).
