@@ -248,3 +248,18 @@ def test_the_example_script_runs(capsys):
                                     latent_dim=4, hidden=[32]))
     out = capsys.readouterr().out
     assert "test accuracy" in out and "log p(x)" in out
+
+
+def test_the_command_line_uses_m2s_own_training_settings_unless_flags_say_otherwise():
+    from pyrovae.cli import build_parser
+    from pyrovae.cli.__init__ import given_flags
+    from pyrovae.cli.train import config_from_args
+
+    parser = build_parser()
+    m2 = ["train", "--model", "m2", "--model-opt", "num_labels=100"]
+    for argv, expected in ((m2, (0.00042, 200, 50)), ([*m2, "--lr", "0.01"], (0.01, 200, 50)),
+                           (["train"], (1e-3, 128, 20))):
+        args = parser.parse_args(argv)
+        args.given = given_flags(parser, "train", argv)
+        config = config_from_args(args)
+        assert (config.lr, config.batch_size, config.epochs) == expected, argv

@@ -165,13 +165,18 @@ def config_from_args(args) -> RunConfig:
     if args.prior_opt:
         options["prior_options"] = dict(args.prior_opt)
     options.update(dict(args.model_opt))
-    return RunConfig(
+    settings = dict(
         dataset=args.dataset, data_dir=args.data_dir, data_space=args.data_space, levels=args.levels,
         train_size=args.train_size, heldout_size=args.heldout_size, model=args.model, model_options=options,
         objective=args.objective, particles=args.particles, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm, jit=args.jit, seed=args.seed,
         device=args.device, created=datetime.datetime.now().isoformat(timespec="seconds"),
     )
+    # a model's own training settings (M2: Pyro's lr, batch size, epochs) where no flag sets them
+    given = getattr(args, "given", set())
+    own = getattr(model_entry(args.model).cls, "training_defaults", {})
+    settings.update({k: v for k, v in own.items() if k not in given})
+    return RunConfig(**settings)
 
 
 def _run_dir(args) -> Path:

@@ -221,6 +221,7 @@ class M2(nn.Module):
     """
 
     data_space = "binary-dynamic"
+    training_defaults = PYRO_TRAINING  # what `pyrovae train --model m2` uses unless flags say otherwise
 
     def __init__(
         self,
