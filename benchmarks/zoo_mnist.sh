@@ -34,5 +34,5 @@ for q in 1 2 3; do
 done
 train runs/zoo/cvae-label 30 --model cvae-label
 evaluate runs/zoo/cvae-label 5000 1000
-train runs/zoo/mixture 15 --model mixture
+train runs/zoo/mixture 30 --model mixture
 evaluate runs/zoo/mixture 5000 1000
