@@ -174,8 +174,8 @@ def test_completion_scores_are_compared_on_their_own_scale(tmp_path, capsys):
                  "--out", str(vae), *FAST]) == 0
     assert main(["evaluate", str(vae), "--num-samples", "20", "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["compare", *runs]) == 0
+    assert main(["compare", *runs, "--png", str(tmp_path / "c.png")]) == 0
     assert "`grey-cross-entropy` scale" in capsys.readouterr().out
-    assert main(["compare", *runs, str(vae)]) == 2
+    assert main(["compare", *runs, str(vae), "--png", str(tmp_path / "no.png")]) == 2
     err = capsys.readouterr().err
     assert "vae: scale grey-density" in err and "cvae: scale grey-cross-entropy" in err
