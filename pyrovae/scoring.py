@@ -43,12 +43,18 @@ class ComparisonError(ValueError):
     """Runs that cannot be ranked against each other (different data, scales or K)."""
 
 
-def data_scale(data_space: str, levels: int | None = None, discrete: bool = True) -> tuple[str, float]:
+def data_scale(
+    data_space: str, levels: int | None = None, discrete: bool = True, scales: dict[str, str] | None = None
+) -> tuple[str, float]:
     """``(scale, offset per dimension in nats)`` that maps a score in ``data_space`` to a log-mass.
 
     A density (``discrete=False``) fitted to binarised images, levels or counts is no mass of
     them: it gets a scale of its own (``binary-dynamic-density``, ...), never ranked with masses.
+    ``scales`` (a model's ``report()["scales"]``) names the scale of a score that is no density
+    on its space (a cross-entropy of grey values), so that it is ranked only with its like.
     """
+    if scales and data_space in scales:
+        return scales[data_space], 0.0
     if data_space == "dequantized":
         return "8-bit", -math.log(GREY_LEVELS)
     if data_space == "grey":
@@ -69,10 +75,11 @@ def bits_per_dim(nats_per_image: float, data_dim: int) -> float:
 
 
 def on_scale(
-    log_px: float, data_dim: int, data_space: str, levels: int | None = None, discrete: bool = True
+    log_px: float, data_dim: int, data_space: str, levels: int | None = None, discrete: bool = True,
+    scales: dict[str, str] | None = None,
 ) -> dict[str, float | str]:
     """Nats per image and bits per dimension of ``log_px`` on the scale of :func:`data_scale`."""
-    scale, offset = data_scale(data_space, levels, discrete)
+    scale, offset = data_scale(data_space, levels, discrete, scales)
     nats = log_px + data_dim * offset
     return {"scale": scale, "nats_per_image": nats, "bits_per_dim": bits_per_dim(nats, data_dim)}
 
@@ -144,9 +151,9 @@ def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
     if missing:
         raise ComparisonError(f"{path} is not a pyrovae evaluation (it lacks {missing}); run `pyrovae evaluate {run}`")
     _check_current(run, path, summary)
-    scale, offset = data_scale(summary["data_space"], summary.get("levels"), summary.get("discrete_likelihood", True))
-    # a model whose score is no density on its space (a cross-entropy of grey values) names its own scale
-    summary["scale"] = (summary.get("scales") or {}).get(summary["data_space"], scale)
+    scale, offset = data_scale(summary["data_space"], summary.get("levels"), summary.get("discrete_likelihood", True),
+                               summary.get("scales"))
+    summary["scale"] = scale
     csv_path = path.with_suffix(".csv")
     recorded = summary.get("csv_fingerprint")
     if not csv_path.exists() or (recorded is not None and recorded != file_fingerprint(csv_path)):

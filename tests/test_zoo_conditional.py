@@ -127,6 +127,11 @@ def test_bad_data_and_options_are_clear_errors():
         LabelCVAE(hidden=(8,)).check_data(x, torch.zeros(4))
     with pytest.raises(pyrovae.DataError, match="binary-dynamic"):
         MixtureVAE(hidden=(8,)).prepare_data(no_labels.with_space("grey"))
+    grey = torch.full((4, 784), 0.5)  # the Bernoulli likelihood's own check, with its fix
+    with pytest.raises(pyrovae.DataError, match="binary data.*binary-dynamic"):
+        MixtureVAE(hidden=(8,)).check_data(grey)
+    with pytest.raises(pyrovae.DataError, match="binary data.*binary-dynamic"):
+        LabelCVAE(hidden=(8,)).check_data(grey, torch.zeros(4, dtype=torch.long))
     with pytest.raises(pyrovae.DataError, match=r"\[0, 1\]"):
         QuadrantCVAE(hidden=(8,), latent_dim=2).check_data(x - 1)
 

@@ -103,9 +103,7 @@ def cmd_evaluate(args) -> None:
             "model": config.model,
             **report,
             **on_scale(res.mean, scored_dim, config.data_space, config.levels,
-                       discrete=report.get("discrete_likelihood", True)),
-            # a score that is no density on its space names its own scale, so compare never ranks it with densities
-            **({"scale": report["scales"][config.data_space]} if config.data_space in report.get("scales", {}) else {}),
+                       discrete=report.get("discrete_likelihood", True), scales=report.get("scales")),
             "data_dim": scored_dim,
             "checkpoint_epoch": stamp["epoch"],
             "checkpoint_fingerprint": stamp["fingerprint"],

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ..data import heldout_generator
 from ..io import atomic_write
 from ..plots import plot_samples
-from ..runs import RunFolder, load_model, load_run_data
+from ..runs import RunFolder, load_model
 from .common import positive_int, seed
+from .evaluate import heldout_batch
 
 
 def add_parser(sub) -> None:
@@ -37,8 +37,7 @@ def cmd_sample(args) -> None:
     torch.manual_seed(args.seed)
     extra = {}
     if "heldout" in inspect.signature(model.generate).parameters:  # a conditional model completes held-out inputs
-        _, heldout = load_run_data(config)
-        extra["heldout"] = model.prepare_data(heldout, heldout=True).observations(heldout_generator(config.seed))
+        extra["heldout"] = heldout_batch(model, config, torch.device("cpu"))[0][0]
     images = model.generate(args.num, sample=args.draws, **extra)
     out = Path(args.out) if args.out else Path(args.run) / f"samples-seed{args.seed}.png"
     what = "draws x ~ p(x | z)" if args.draws else "E[x | z]"

@@ -51,6 +51,7 @@ from ..data import (
     heldout_generator,
     in_spaces,
 )
+from ..likelihoods import Bernoulli
 from ..nets import MLP, MLPEncoder
 
 COMPLETION_SPACES = ("grey", "binary-dynamic", "binary-threshold")
@@ -291,8 +292,7 @@ class LabelCVAE(nn.Module):
         if y is None:
             raise DataError(f"{what}: the {self.name} model takes (images, labels); pass data.with_labels()")
         check_labels(y, self.classes, what)
-        if ((x != 0) & (x != 1)).any():
-            raise DataError(f"{what}: a Bernoulli likelihood needs binarised images (0/1 values)")
+        Bernoulli().check_support(x)  # the likelihood's own check, and its fix
 
     @torch.no_grad()
     def generate(self, num_samples: int, sample: bool = False) -> torch.Tensor:

@@ -36,7 +36,6 @@ from torch import nn
 
 from ..data import (
     BINARY_SPACES,
-    DataError,
     ImageData,
     as_float_tensor,
     check_observations,
@@ -45,6 +44,7 @@ from ..data import (
     in_spaces,
 )
 from ..io import write_json
+from ..likelihoods import Bernoulli
 from ..nets import MLPDecoder, MLPEncoder
 
 
@@ -112,8 +112,7 @@ class MixtureVAE(nn.Module):
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         check_observations(x, self.data_dim, what)
-        if ((x != 0) & (x != 1)).any():
-            raise DataError(f"{what}: a Bernoulli likelihood needs binarised images (0/1 values)")
+        Bernoulli().check_support(x)  # the likelihood's own check, and its fix
 
     # Clusters
 
