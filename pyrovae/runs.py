@@ -37,8 +37,9 @@ import torch
 
 from ._text import first_line
 from .config import ConfigError, RunConfig
-from .data import ImageData, load_dataset
+from .data import ImageData, as_tensors, heldout_generator, load_dataset
 from .infer import Trainer
+from .infer.trainer import prepare
 from .io import atomic_write, file_fingerprint, fingerprint, write_csv
 from .models import build_model
 
@@ -61,6 +62,15 @@ def load_run_data(config: RunConfig) -> tuple[ImageData, ImageData]:
     if config.train_size:
         train = train.subset(slice(0, config.train_size))
     return train, heldout
+
+
+def heldout_batch(model, config: RunConfig, dev) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, str]:
+    """The run's held-out tensors as the model observes them (``prepare_data(heldout=True)``),
+    drawn once with the run's seed; with their labels and the data's name."""
+    _, heldout = load_run_data(config)
+    batch = as_tensors(prepare(model.prepare_data, heldout, heldout=True), heldout_generator(config.seed), dev,
+                       "held-out data")
+    return batch, heldout.labels, heldout.name
 
 
 def build_trainer(model, config: RunConfig) -> Trainer:

@@ -9,13 +9,12 @@ from pathlib import Path
 import pyro
 import torch
 
-from ..data import as_tensors, heldout_generator, heldout_seed
+from ..data import heldout_seed
 from ..infer import log_marginal_likelihood
 from ..infer.importance import DEFAULT_CHUNK_SIZE
-from ..infer.trainer import prepare
 from ..io import file_fingerprint, write_csv, write_json
 from ..plots import plot_khat
-from ..runs import RunFolder, checkpoint_fingerprint, load_run, load_run_data, run_exists
+from ..runs import RunFolder, checkpoint_fingerprint, heldout_batch, load_run, run_exists
 from ..scoring import on_scale
 from .common import CLIError, at_least, device, positive_int, seed
 
@@ -46,14 +45,6 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
-
-
-def heldout_batch(model, config, dev) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, str]:
-    """The run's held-out tensors as the model observes them, drawn once with the run's seed."""
-    _, heldout = load_run_data(config)
-    batch = as_tensors(prepare(model.prepare_data, heldout, heldout=True), heldout_generator(config.seed), dev,
-                       "held-out data")
-    return batch, heldout.labels, heldout.name
 
 
 def evaluation_name(num_samples: int, subset: int | None) -> str:

@@ -11,9 +11,8 @@ import torch
 
 from ..io import atomic_write
 from ..plots import plot_samples
-from ..runs import RunFolder, load_model
+from ..runs import RunFolder, heldout_batch, load_model
 from .common import positive_int, seed
-from .evaluate import heldout_batch
 
 
 def add_parser(sub) -> None:
