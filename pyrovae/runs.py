@@ -102,7 +102,7 @@ def _trainer(model, config: RunConfig) -> Trainer:
         model.guide,
         objective=objective,
         schedules=schedules,
-        num_particles=config.particles if isinstance(objective, str) else 1,
+        num_particles=config.particles,  # refused, with the fix, for a model's own objective object
         lr=config.lr,
         lr_decay=config.lr_decay,
         clip_norm=config.clip_norm,

@@ -263,3 +263,10 @@ def test_the_command_line_uses_m2s_own_training_settings_unless_flags_say_otherw
         args.given = given_flags(parser, "train", argv)
         config = config_from_args(args)
         assert (config.lr, config.batch_size, config.epochs) == expected, argv
+
+
+def test_particles_are_not_silently_dropped_for_m2s_own_objective():
+    config = pyrovae.RunConfig(model="m2", model_options={"num_labels": 100}, particles=3)
+    model = pyrovae.build_model(config, pyrovae.load_embedded_mnist())
+    with pytest.raises(pyrovae.ConfigError, match="num_particles= is for named objectives"):
+        pyrovae.build_trainer(model, config)
