@@ -110,8 +110,10 @@ class RunConfig:
     Data: ``dataset`` (``embedded``, ``mnist``, ``fashion-mnist``), ``data_dir``,
     ``data_space`` (``None``: the model's own), ``levels``, ``train_size``, ``heldout_size``.
     Model: ``model`` (a name in :data:`pyrovae.models.MODELS`) and ``model_options``.
-    Optimisation: ``objective`` (``None``: the model's own, ``elbo`` for a VAE), ``particles``,
-    ``epochs``, ``batch_size``, ``lr``, ``lr_decay``,
+    Optimisation: ``objective`` (``None``: the model's own, ``elbo`` for a VAE), ``particles``;
+    the KL's weighting (:func:`pyrovae.infer.weighted.kl_weighting`): ``beta``, ``kl_anneal``
+    (``linear:STEPS[:DELAY]`` or ``cyclical:PERIOD[:RAMP]``), ``capacity`` (``C_MAX:STEPS``) with
+    ``capacity_gamma``, ``free_bits`` (nats per dimension); ``epochs``, ``batch_size``, ``lr``, ``lr_decay``,
     ``clip_norm``, ``jit``, ``seed``, ``device``. ``data_dim`` and ``image_shape`` are filled in
     from the data.
     """
@@ -126,6 +128,11 @@ class RunConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     objective: str | None = None
     particles: int = 1
+    beta: float = 1.0
+    kl_anneal: str | None = None
+    capacity: str | None = None
+    capacity_gamma: float = 30.0
+    free_bits: float | None = None
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
@@ -157,10 +164,33 @@ class RunConfig:
             "seed": 0 <= self.seed < 2**32, "device": self.device in ("cpu", "cuda"),
             "train_size": self.train_size is None or self.train_size >= 1,
             "heldout_size": self.heldout_size is None or self.heldout_size >= 1,
+            "beta": 0 <= self.beta < math.inf, "capacity_gamma": 0 <= self.capacity_gamma < math.inf,
+            "free_bits": self.free_bits is None or 0 <= self.free_bits < math.inf,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(", ".join(f"{k}={getattr(self, k)!r}" for k in bad) + " is out of range")
+        if self.weights_kl():
+            from .infer.weighted import kl_weighting  # here: pyrovae.infer imports this module
+
+            try:
+                kl_weighting(**self.kl_settings())  # parses the specs, refuses a capacity with a β
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+
+    def weights_kl(self) -> bool:
+        """Whether the run trains a weighted KL (β, annealing, capacity or free bits)."""
+        return self.beta != 1.0 or any(v is not None for v in (self.kl_anneal, self.capacity, self.free_bits))
+
+    def kl_settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~pyrovae.infer.weighted.kl_weighting` (specs parsed)."""
+        from .infer.weighted import parse_anneal, parse_capacity
+
+        return dict(
+            beta=self.beta, gamma=self.capacity_gamma, free_bits=self.free_bits,
+            kl_anneal=parse_anneal(self.kl_anneal) if self.kl_anneal is not None else None,
+            capacity=parse_capacity(self.capacity) if self.capacity is not None else None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

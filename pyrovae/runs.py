@@ -40,6 +40,7 @@ from .config import ConfigError, RunConfig
 from .data import ImageData, as_tensors, heldout_generator, load_dataset
 from .infer import Trainer
 from .infer.trainer import prepare
+from .infer.weighted import kl_weighting
 from .io import atomic_write, file_fingerprint, fingerprint, write_csv
 from .models import build_model
 
@@ -95,19 +96,40 @@ def training_objective(model, config: RunConfig):
 
 
 def _trainer(model, config: RunConfig) -> Trainer:
-    objective = training_objective(model, config)
-    schedules = model.training_schedules() if hasattr(model, "training_schedules") and not config.objective else None
+    if config.weights_kl():
+        objective, schedules = _kl_objective(model, config)
+    else:
+        objective = training_objective(model, config)
+        schedules = model.training_schedules() if hasattr(model, "training_schedules") and not config.objective \
+            else None
     return Trainer(
         model.model,
         model.guide,
         objective=objective,
         schedules=schedules,
-        num_particles=config.particles,  # refused, with the fix, for a model's own objective object
+        # refused, with the fix, for a model's own objective object; a KL objective has them built in
+        num_particles=1 if config.weights_kl() else config.particles,
         lr=config.lr,
         lr_decay=config.lr_decay,
         clip_norm=config.clip_norm,
         jit=config.jit,
     )
+
+
+def _kl_objective(model, config: RunConfig):
+    """The β / annealing / capacity / free-bits objective of the run, for models trained by the ELBO."""
+    own = getattr(model, "default_objective", None)
+    if own is not None and not config.objective:
+        raise ConfigError(
+            f"model {config.model!r} trains with its own objective ({own if isinstance(own, str) else 'built in'}); "
+            "beta=, kl_anneal=, capacity= and free_bits= weight the KL of models trained by the ELBO (e.g. vae)"
+        )
+    if config.objective not in (None, "elbo", "meanfield"):
+        raise ConfigError(
+            f"beta=, kl_anneal=, capacity= and free_bits= weight the ELBO's KL; objective={config.objective!r} is "
+            "not the ELBO: leave objective= unset, or use objective='elbo'"
+        )
+    return kl_weighting(**config.kl_settings(), num_particles=config.particles)
 
 
 class RunBusyError(RuntimeError):

@@ -12,7 +12,7 @@ from pyro import poutine
 
 import pyrovae
 from pyrovae.cli import main
-from pyrovae.infer.objectives import CapacityELBO, discrete_kl, site_kl
+from pyrovae.infer.weighted import CapacityELBO, discrete_kl, site_kl
 from pyrovae.models.jointvae import JointVAE, linear_assignment, match_codes
 
 torch.set_num_threads(1)

@@ -22,7 +22,8 @@ FLAGS = {
     "lr": "--lr", "lr_decay": "--lr-decay", "clip_norm": "--clip-norm", "batch_size": "--batch-size",
     "epochs": "--epochs", "objective": "--objective", "num_particles": "--particles", "particles": "--particles",
     "levels": "--levels", "train_size": "--train-size", "heldout_size": "--heldout-size", "seed": "--seed",
-    "data_space": "--data-space",
+    "data_space": "--data-space", "beta": "--beta", "kl_anneal": "--kl-anneal", "capacity": "--capacity",
+    "capacity_gamma": "--capacity-gamma", "free_bits": "--free-bits",
 }
 _KEYWORD = re.compile(r"\b(" + "|".join(sorted(FLAGS, key=len, reverse=True)) + r")=('([^']*)'|(-?[\w.]+))?")
 
@@ -85,6 +86,27 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value:g}")
+    return value
+
+
+def spec_of(parse):
+    """A flag type that keeps the text after ``parse(text)`` accepted it (its ValueError is the message)."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+
+    check.__name__ = parse.__name__.removeprefix("parse_")
+    return check
 
 
 def at_least(low: int):

@@ -2,6 +2,7 @@
 
 * :mod:`.trainer` -- :class:`Trainer` and :func:`train` (minibatches, epochs, checkpoints);
 * :mod:`.objectives` -- the objective registry and :class:`IWAE`;
+* :mod:`.weighted` -- objectives that weight the KL: β-VAE, warm-up, capacity, free bits;
 * :mod:`.jit` -- the compiled loss, checked against the eager one;
 * :mod:`.factors` -- named per-step factors (β, warm-up) and their schedules;
 * :mod:`.handlers` -- the pair without training weights (:func:`unscaled`);
@@ -18,11 +19,13 @@ from .importance import (
     log_marginal_likelihood,
     psis_khat,
 )
-from .objectives import IWAE, OBJECTIVES, CapacityELBO, make_objective, register_objective
+from .objectives import IWAE, OBJECTIVES, make_objective, register_objective
 from .trainer import Trainer, TrainingError, train
+from .weighted import BetaELBO, CapacityELBO, kl_weighting
 
 __all__ = [
     "IWAE",
+    "BetaELBO",
     "CapacityELBO",
     "OBJECTIVES",
     "ContractError",
@@ -35,6 +38,7 @@ __all__ = [
     "cyclical",
     "factor",
     "factors",
+    "kl_weighting",
     "linear",
     "log_importance_weights",
     "log_marginal_likelihood",
