@@ -1,10 +1,12 @@
 """pyrovae: variational autoencoders as Pyro model/guide pairs, with honest log p(x)."""
 
+from . import diagnostics
 from ._version import __version__
 from .config import ConfigError, RunConfig
 from .data import DataError, ImageData, from_tensor, load_dataset, load_embedded_mnist, load_train_test
 from .infer import (
     IWAE,
+    BetaELBO,
     CapacityELBO,
     ContractError,
     MarginalLikelihood,
@@ -28,6 +30,7 @@ from .scoring import ComparisonError, compare
 __all__ = [
     "__version__",
     "IWAE",
+    "BetaELBO",
     "MODELS",
     "CapacityELBO",
     "VAE",
@@ -45,6 +48,7 @@ __all__ = [
     "build_model",
     "build_trainer",
     "compare",
+    "diagnostics",
     "cyclical",
     "factor",
     "from_tensor",

@@ -227,7 +227,7 @@ def test_no_module_level_import_cycles_and_cli_commands_share_only_common():
 
     for name in modules:
         visit(name, [])
-    for command in ("train", "sample", "evaluate", "compare"):
+    for command in ("train", "sample", "evaluate", "compare", "diagnose"):
         siblings = {m for m in modules[f"pyrovae.cli.{command}"] if m.startswith("pyrovae.cli")}
         assert siblings <= {"pyrovae.cli.common"}, (command, siblings)
 

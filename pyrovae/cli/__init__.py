@@ -1,7 +1,7 @@
-"""The ``pyrovae`` command: train, sample, evaluate and compare models from run folders.
+"""The ``pyrovae`` command: train, sample, evaluate, compare and diagnose models from run folders.
 
 Run ``pyrovae COMMAND --help`` for every flag of a command. Each command lives in its own
-module (``train``, ``sample``, ``evaluate``, ``compare``) and adds its parser here; they share
+module (``train``, ``sample``, ``evaluate``, ``compare``, ``diagnose``) and adds its parser here; they share
 only :mod:`.common`.
 """
 
@@ -15,11 +15,12 @@ from .._version import __version__
 from ..config import ConfigError
 from ..data import DataError
 from ..infer import ContractError, TrainingError
+from ..infer.trainer import request_stop
 from ..runs import RunBusyError
-from . import compare, evaluate, sample, train
+from . import compare, diagnose, evaluate, sample, train
 from .common import CLIError, Parser, to_flags
 
-COMMANDS = (train, sample, evaluate, compare)
+COMMANDS = (train, sample, evaluate, compare, diagnose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +72,8 @@ def given_flags(parser: argparse.ArgumentParser, command: str, argv: list[str]) 
 
 
 def _terminate(signum, frame):
-    raise KeyboardInterrupt
+    if not request_stop():  # a training stops between two steps; anything else (or a second SIGTERM) at once
+        raise KeyboardInterrupt
 
 
 def _terminate_as_interrupt():

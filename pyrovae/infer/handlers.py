@@ -14,8 +14,11 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pyro
 import torch
 from pyro import poutine
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine import runtime
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
@@ -85,3 +88,30 @@ def _is_one(scale, site) -> bool:
 def cuda_devices(args) -> list[int]:
     """The CUDA devices of the tensors in ``args``, for ``torch.random.fork_rng``."""
     return sorted({a.device.index or 0 for a in args if torch.is_tensor(a) and a.is_cuda})
+
+
+def restores_global_state(fn: Callable) -> Callable:
+    """``fn`` that, when interrupted (Ctrl-C, SIGTERM), leaves the process-wide state it touches as
+    it found it: Pyro's handler stack and plate dimensions, torch's grad mode and Pyro's validation
+    flag. An interrupt is raised between any two bytecodes, also inside a context manager's
+    ``__enter__`` after it changed that state and before its ``with`` block began, so the
+    ``__exit__`` that would undo it never runs; the next call in the same process (a notebook's
+    next cell) then fails with a misleading ``duplicate plate`` or "does not require grad" error."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        stack = runtime._PYRO_STACK
+        dims = getattr(runtime._DIM_ALLOCATOR, "_stack", None)
+        depth, allocated = len(stack), list(dims) if dims is not None else None
+        grad, validation = torch.is_grad_enabled(), is_validation_enabled()
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            del stack[depth:]
+            if dims is not None:
+                dims[:] = allocated
+            torch.set_grad_enabled(grad)
+            pyro.enable_validation(validation)
+            raise
+
+    return wrapped

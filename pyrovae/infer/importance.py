@@ -64,7 +64,7 @@ from pyro.poutine.util import site_is_subsample
 
 from .._text import first_line
 from ..data import DataError, as_float_tensor
-from .handlers import cuda_devices
+from .handlers import cuda_devices, restores_global_state
 
 PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's vectorised ELBOs use
 # PSIS fits the largest min(K/5, 3 sqrt(K)) weights; ArviZ 1.x needs at least 5 of them
@@ -428,6 +428,7 @@ def _chunk_sizes(num_rows: int, num_samples: int, chunk_size: int) -> tuple[int,
     return rows, particles
 
 
+@restores_global_state
 def log_marginal_likelihood(
     model: Callable,
     guide: Callable,

@@ -44,7 +44,7 @@ from .._text import first_line
 from ..config import DEFAULTS
 from ..data import DataError, ImageData, as_tensors, heldout_generator, minibatches
 from .factors import Schedule, factors, set_factor
-from .handlers import cuda_devices, inspect_pair, unscaled
+from .handlers import cuda_devices, inspect_pair, restores_global_state, unscaled
 from .importance import ContractError, guess_max_plate_nesting
 from .jit import TracedLoss, rng_state, set_rng_state
 from .objectives import make_objective, objective_label, sums_out_enumerated_sites
@@ -126,6 +126,7 @@ class Trainer:
         self.epoch = 0
         self.steps = 0
         self.history: list[dict[str, Any]] = []
+        self._collapse = None  # pyrovae.diagnostics.CollapseMonitor, made at the first held-out epoch end
 
     # ---------------------------------------------------------------- set-up
 
@@ -197,6 +198,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps and epochs
 
+    @restores_global_state
     def step(self, *batch: torch.Tensor) -> torch.Tensor:
         """One gradient step on a minibatch (a tensor, several tensors, or a tuple of them);
         returns the (detached) loss tensor."""
@@ -277,6 +279,7 @@ class Trainer:
                 total += bound.loss(model, guide, *part)
         return -total / batch[0].shape[0]
 
+    @restores_global_state
     def fit(
         self,
         data,
@@ -315,6 +318,12 @@ class Trainer:
         self._check(first, "training data")
         if self.epoch == 0 and not self.history:
             pyro.set_rng_seed(seed)
+        with _stoppable():
+            return self._fit_epochs(source, first, heldout_batch, start_epoch, epochs, batch_size, seed, device,
+                                    progress, verbose, callback, max_seconds)
+
+    def _fit_epochs(self, source, first, heldout_batch, start_epoch, epochs, batch_size, seed, device, progress,
+                    verbose, callback, max_seconds) -> list[dict[str, Any]]:
         from tqdm.auto import tqdm
 
         began = time.perf_counter()
@@ -339,6 +348,7 @@ class Trainer:
                 except TrainingError as err:
                     raise TrainingError(f"epoch {epoch}, step {i + 1}: {err}") from None
                 total += loss
+                _stop_if_requested()
                 if i % 20 == 19 or i == steps - 1:
                     bar.set_postfix(loss=f"{total.item() / min(n, (i + 1) * batch_size):.2f}")
                 bar.update(1)
@@ -359,11 +369,13 @@ class Trainer:
             if heldout_batch is not None:
                 record["heldout_elbo"] = self._bound(heldout_batch, self.default_bound(), 1, 1000, seed)
                 record.update(self._heldout_metrics(heldout_batch, seed))
+                record.update(self._active_units(heldout_batch, seed))
             self.history.append(record)
             if verbose:
                 tqdm.write(_format_record(record))
             if callback is not None:
                 callback(self, record)
+            _stop_if_requested()
         return self.history
 
     def _heldout_metrics(self, batch: tuple[torch.Tensor, ...], seed: int) -> dict[str, float]:
@@ -375,6 +387,16 @@ class Trainer:
         with torch.random.fork_rng(devices=cuda_devices(batch)), torch.no_grad():
             pyro.set_rng_seed(seed)
             return {k: float(v) for k, v in metrics(*batch).items()}
+
+    def _active_units(self, batch: tuple[torch.Tensor, ...], seed: int) -> dict[str, int]:
+        """``{"active_units": count}`` on up to 1,000 held-out rows, warning at posterior collapse
+        (:class:`pyrovae.diagnostics.CollapseMonitor`: one guide pass, its own random numbers);
+        ``{}`` for a guide without continuous reparameterised latent sites in the data plate."""
+        from ..diagnostics import CollapseMonitor  # here: the diagnostics module is built on this package
+
+        if self._collapse is None:
+            self._collapse = CollapseMonitor()
+        return self._collapse.check(self.guide, batch, self.epoch, seed)
 
     def _weighted(self, batch) -> bool:
         """Whether the objective is not the ELBO: a schedule, a ``poutine.scale`` != 1, or an
@@ -459,6 +481,44 @@ class Trainer:
         torch.set_rng_state(state["rng"].cpu())  # a checkpoint mapped to a GPU moves it
         if state.get("rng_device") is not None and self.params[0].is_cuda:
             set_rng_state(self.params[0], state["rng_device"].cpu())
+
+
+_running_fits = 0
+_stop_requested = False
+
+
+def request_stop() -> bool:
+    """Ask the running :meth:`Trainer.fit` to stop after its current step, raising
+    ``KeyboardInterrupt`` there (the command line's SIGTERM handler calls this). An interrupt
+    raised at an arbitrary bytecode can land inside a context manager's entry and leave global
+    state half-changed; between two steps nothing is. Returns ``False`` when no fit runs or a stop
+    is already pending, so that the caller interrupts at once instead."""
+    global _stop_requested
+    if _running_fits == 0 or _stop_requested:
+        return False
+    _stop_requested = True
+    return True
+
+
+def _stop_if_requested() -> None:
+    global _stop_requested
+    if _stop_requested:
+        _stop_requested = False
+        raise KeyboardInterrupt
+
+
+class _stoppable:
+    """While a fit runs, :func:`request_stop` defers to it."""
+
+    def __enter__(self) -> None:
+        global _running_fits
+        _running_fits += 1
+
+    def __exit__(self, *exc) -> None:
+        global _running_fits, _stop_requested
+        _running_fits -= 1
+        if _running_fits == 0:
+            _stop_requested = False
 
 
 def train(
