@@ -61,6 +61,9 @@ def cmd_evaluate(args) -> None:
         raise CLIError(f"{run} is not a run folder (no such folder)")
     with RunFolder(run, fresh=False) as folder:  # one writer: held from reading to writing
         model, config, stamp = load_run(run)
+        refusal = model.report().get("no_log_px")  # a model without p(x) (an autoencoder) says why
+        if refusal:
+            raise CLIError(f"cannot evaluate {run} (model {config.model!r}): {refusal}")
         dev = device(args.device or config.device)
         model = model.to(dev)
         batch, labels, name = heldout_batch(model, config, dev)

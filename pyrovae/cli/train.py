@@ -13,6 +13,7 @@ import torch
 from ..config import DEFAULTS, RunConfig
 from ..data import DATA_ENV, DATA_SPACES, DATASETS, as_tensors
 from ..infer import OBJECTIVES, Trainer, TrainingError
+from ..infer.weighted import parse_anneal, parse_capacity
 from ..io import write_csv
 from ..likelihoods import LIKELIHOODS
 from ..models import MODELS, build_model, model_entry
@@ -36,11 +37,13 @@ from .common import (
     describe,
     device,
     int_list,
+    non_negative_float,
     option,
     options_help,
     positive_float,
     positive_int,
     seed,
+    spec_of,
 )
 
 # flags shared by the zoo's models: option name -> flag; given only when the user sets them,
@@ -97,6 +100,18 @@ def add_parser(sub) -> None:
         "--particles", type=positive_int, default=DEFAULTS.particles,
         help="samples per datapoint (vectorised)",
     )
+    k = p.add_argument_group(
+        "KL weighting (models trained by the ELBO; metrics.csv records the true ELBO beside the objective)")
+    k.add_argument("--beta", type=non_negative_float, default=DEFAULTS.beta,
+                   help="weight of the KL, in nats per datapoint against the summed reconstruction (beta-VAE)")
+    k.add_argument("--kl-anneal", type=spec_of(parse_anneal), default=DEFAULTS.kl_anneal, metavar="SPEC",
+                   help="per-step factor on beta: linear:STEPS[:DELAY] (warm-up from 0) or cyclical:PERIOD[:RAMP]")
+    k.add_argument("--capacity", type=spec_of(parse_capacity), default=DEFAULTS.capacity, metavar="C_MAX:STEPS",
+                   help="capacity control gamma*|KL - C|, C ramped from 0 to C_MAX nats over STEPS steps")
+    k.add_argument("--capacity-gamma", type=non_negative_float, default=DEFAULTS.capacity_gamma,
+                   help="gamma of --capacity")
+    k.add_argument("--free-bits", type=non_negative_float, default=DEFAULTS.free_bits, metavar="LAMBDA",
+                   help="KL floor in nats per latent dimension (batch-mean KL), Kingma et al. 2016")
     o.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="total epochs (also when resuming)")
     o.add_argument(
         "--max-minutes", type=positive_float, default=None,
@@ -168,7 +183,9 @@ def config_from_args(args) -> RunConfig:
     settings = dict(
         dataset=args.dataset, data_dir=args.data_dir, data_space=args.data_space, levels=args.levels,
         train_size=args.train_size, heldout_size=args.heldout_size, model=args.model, model_options=options,
-        objective=args.objective, particles=args.particles, epochs=args.epochs, batch_size=args.batch_size,
+        objective=args.objective, particles=args.particles, beta=args.beta, kl_anneal=args.kl_anneal,
+        capacity=args.capacity, capacity_gamma=args.capacity_gamma, free_bits=args.free_bits,
+        epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm, jit=args.jit, seed=args.seed,
         device=args.device, created=datetime.datetime.now().isoformat(timespec="seconds"),
     )
@@ -285,7 +302,7 @@ def _check_replaceable(run: Path, overwrite: bool) -> None:
     foreign = sorted(
         p.name for p in run.iterdir()
         if not (p.is_file() and (p.name in RUN_FILES or p.suffix == ".png" or p.name.startswith("evaluation-K")
-                                 or p.name.endswith(".tmp")))
+                                 or p.name == "diagnostics.json" or p.name.endswith(".tmp")))
     )
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")

@@ -5,8 +5,10 @@
 * ``mixture`` -- :class:`MixtureVAE`, a Gaussian mixture in latent space with an enumerated class.
 * ``m2`` -- :class:`M2`, the semi-supervised VAE of Kingma et al. (2014).
 * ``jointvae`` -- :class:`JointVAE`, continuous and relaxed discrete codes with capacity control.
+* ``autoencoder`` -- :class:`AutoEncoder`, plain, denoising, sparse and contractive baselines (no p(x)).
 """
 
+from .autoencoders import AutoEncoder
 from .cvae import LabelCVAE, QuadrantCVAE, QuadrantNN
 from .jointvae import JointVAE
 from .m2 import M2, M2Objective
@@ -35,8 +37,12 @@ register_model(
     "jointvae", JointVAE, "JointVAE: z Gaussian and a relaxed categorical code c, capacity objective "
     "-gamma|KL - C| per latent (Dupont 2018)",
 )
+register_model(
+    "autoencoder", AutoEncoder, "deterministic autoencoder baseline, Delta guide, no prior, no p(x): --model-opt "
+    "kind=plain|denoising|sparse|contractive (Vincent et al. 2008; Ng 2011; Rifai et al. 2011)",
+)
 
 __all__ = [
-    "M2", "MODELS", "VAE", "JointVAE", "LabelCVAE", "M2Objective", "MixtureVAE", "ModelEntry", "PyroModel",
-    "QuadrantCVAE", "QuadrantNN", "build_model", "model_entry", "register_model",
+    "M2", "MODELS", "VAE", "AutoEncoder", "JointVAE", "LabelCVAE", "M2Objective", "MixtureVAE", "ModelEntry",
+    "PyroModel", "QuadrantCVAE", "QuadrantNN", "build_model", "model_entry", "register_model",
 ]

@@ -24,7 +24,7 @@ Representations") capacity objective, per datapoint
 
 with the capacities :math:`C_z, C_c` ramped linearly per step from 0 (Burgess et al. 2018) and
 :math:`\mathrm{KL}_c` the KL of the *discrete* categoricals under the relaxations
-(:class:`~pyrovae.infer.objectives.CapacityELBO`). Both latents are continuous and proposed by
+(:class:`~pyrovae.infer.weighted.CapacityELBO`). Both latents are continuous and proposed by
 the guide, so the held-out ELBO and importance-sampled :math:`\log p(x)` are those of this
 relaxed-code model (``docs/zoo.md, JointVAE``).
 
@@ -46,7 +46,7 @@ from torch import nn
 
 from ..data import DataError, ImageData, as_float_tensor, check_observations, heldout_generator, in_spaces
 from ..infer.factors import Schedule, linear
-from ..infer.objectives import CapacityELBO, discrete_kl
+from ..infer.weighted import CapacityELBO, discrete_kl
 from ..likelihoods import Bernoulli
 from ..nets import MLP, GaussianHead, MLPDecoder, activation
 
@@ -68,7 +68,7 @@ class JointVAE(nn.Module):
         (``None`` rather than a tuple default, so that ``--hidden`` takes any number of widths).
     :param activation: nonlinearity of the hidden layers.
     :param temperature: τ of the relaxed categoricals, prior and guide (Dupont: 0.67).
-    :param gamma: γ, the weight of each |KL − C| (Dupont's MNIST: 30).
+    :param gamma: γ, the weight of each ``|KL − C|`` (Dupont's MNIST: 30).
     :param capacity_z: the capacity ``C_z`` reached at the end of the ramp, in nats (5).
     :param capacity_c: the same for ``c`` (5), capped at ``log K``, the most a K-way code can hold.
     :param capacity_steps: steps (minibatches) of the linear ramps from 0 (Dupont: 25,000).
