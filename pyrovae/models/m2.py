@@ -141,7 +141,7 @@ class LabelledEncoder(nn.Module):
 
 
 class LabelledDecoder(nn.Module):
-    """``(z, y) -> `` Bernoulli logits of p(x | y, z)."""
+    """``(z, y) ->`` Bernoulli logits of p(x | y, z)."""
 
     def __init__(self, latent_dim: int, num_classes: int, hidden: Sequence[int], data_dim: int, act: str) -> None:
         super().__init__()
