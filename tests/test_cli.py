@@ -89,6 +89,8 @@ def test_console_script_help_runs():
         [sys.executable, "-m", "pyrovae.cli", "train", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--data-space" in out and "--objective" in out and "nats per datapoint" in out
+    out = subprocess.run([sys.executable, "-m", "pyrovae", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("pyrovae ")  # python -m pyrovae, as torchrun launches it
 
 
 def test_readme_example_runs():
