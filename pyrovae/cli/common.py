@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import ImageData
+from ..runs import RunFolder, load_run, run_exists
 
 
 class CLIError(Exception):
@@ -187,3 +190,16 @@ def describe(train: ImageData, heldout: ImageData, space: str) -> str:
         if train.name.startswith("mnist-embedded") else train.name
     )
     return f"data: {origin}; {len(train):,} training / {len(heldout):,} held-out images, data space {space}"
+
+
+@contextlib.contextmanager
+def trained_run(args):
+    """``(folder, model, config, stamp)`` of the run ``args.run``, read and written under its lock
+    (one writer from reading to writing), after ``--threads``; a missing folder is a one-line error."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    if not run_exists(run):
+        raise CLIError(f"{run} is not a run folder (no such folder)")
+    with RunFolder(run, fresh=False) as folder:
+        yield (folder, *load_run(run))

@@ -13,8 +13,8 @@ from .. import diagnostics
 from ..data import heldout_seed
 from ..infer import ContractError
 from ..io import write_json
-from ..runs import RunFolder, checkpoint_fingerprint, heldout_batch, load_run, run_exists
-from .common import CLIError, at_least, non_negative_float, positive_int, seed
+from ..runs import checkpoint_fingerprint, heldout_batch
+from .common import CLIError, at_least, non_negative_float, positive_int, seed, trained_run
 
 TRAVERSAL_ROWS = 12  # most dimensions drawn in a traversal picture: the largest KL (or activity) first
 
@@ -48,13 +48,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_diagnose(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run = Path(args.run)
-    if not run_exists(run):
-        raise CLIError(f"{run} is not a run folder (no such folder)")
-    with RunFolder(run, fresh=False) as folder:  # one writer: held from reading to writing
-        model, config, stamp = load_run(run)
+    with trained_run(args) as (folder, model, config, stamp):
         batch, _, name = heldout_batch(model, config, torch.device("cpu"))
         points = min(args.num_points, batch[0].shape[0])
         batch = tuple(t[:points] for t in batch)

@@ -7,16 +7,15 @@ import time
 from pathlib import Path
 
 import pyro
-import torch
 
 from ..data import heldout_seed
 from ..infer import log_marginal_likelihood
 from ..infer.importance import DEFAULT_CHUNK_SIZE
 from ..io import file_fingerprint, write_csv, write_json
 from ..plots import plot_khat
-from ..runs import RunFolder, checkpoint_fingerprint, heldout_batch, load_run, run_exists
+from ..runs import checkpoint_fingerprint, heldout_batch
 from ..scoring import on_scale
-from .common import CLIError, at_least, device, positive_int, seed
+from .common import CLIError, at_least, device, positive_int, seed, trained_run
 
 
 def add_parser(sub) -> None:
@@ -54,13 +53,8 @@ def evaluation_name(num_samples: int, subset: int | None) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run = Path(args.run)
-    if not run_exists(run):
-        raise CLIError(f"{run} is not a run folder (no such folder)")
-    with RunFolder(run, fresh=False) as folder:  # one writer: held from reading to writing
-        model, config, stamp = load_run(run)
+    with trained_run(args) as (folder, model, config, stamp):
         refusal = model.report().get("no_log_px")  # a model without p(x) (an autoencoder) says why
         if refusal:
             raise CLIError(f"cannot evaluate {run} (model {config.model!r}): {refusal}")
