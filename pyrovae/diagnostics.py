@@ -307,6 +307,22 @@ def _continuous(site: dict) -> bool:
     return not fn.support.is_discrete and getattr(fn, "has_rsample", False)
 
 
+def _only_point_masses(guide: Callable, rows: tuple[torch.Tensor, ...]) -> bool:
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(guide).get_trace(*rows)
+    latent = [site for site in trace.nodes.values()
+              if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
+    return bool(latent) and all(_point_mass(site) for site in latent)
+
+
+def _point_mass(site: dict) -> bool:
+    """A ``Delta`` site (an autoencoder's code): no posterior, so nothing can collapse onto a prior."""
+    fn = site["fn"]
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Delta)
+
+
 def _site_mean(fn, num_samples: int) -> torch.Tensor:
     """:math:`E_q[z]`: the distribution's mean, else the average of ``num_samples`` draws."""
     try:
@@ -854,6 +870,7 @@ class CollapseMonitor:
         self.ever_active: torch.Tensor | None = None
         self.reported: set[str] = set()
         self.collapsed = False
+        self.codes_only: bool | None = None  # every latent site a Delta: nothing to collapse onto a prior
 
     def check(self, guide: Callable, batch: tuple[torch.Tensor, ...], epoch: int, seed: int = 0) -> dict[str, int]:
         rows = tuple(t[: self.rows] for t in batch)
@@ -863,6 +880,10 @@ class CollapseMonitor:
                 au = active_units(guide, *rows, threshold=self.threshold)
             except ContractError:
                 return {}
+            if self.codes_only is None:
+                self.codes_only = _only_point_masses(guide, rows)
+        if self.codes_only:  # an autoencoder: its units may be inactive by design (sparsity)
+            return {"active_units": au.count}
         active = au.active
         if self.ever_active is None or len(self.ever_active) != len(active):
             self.ever_active = torch.zeros_like(active)

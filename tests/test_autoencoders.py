@@ -177,3 +177,20 @@ def test_train_sample_and_evaluate_refuses_from_the_cli(tmp_path, capsys):
     assert not list(run.glob("evaluation-K*"))
     assert main(["sample", str(run), "--num", "9", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_python_refuses_log_px_of_an_autoencoder_and_warns_of_no_collapse(embedded):
+    """Before: log_marginal_likelihood returned the reconstruction log-likelihood as "log p(x)",
+    and the trainer warned of "posterior collapse" for a sparse autoencoder's quiet units."""
+    import warnings
+
+    train, heldout = embedded.split(100, seed=0)
+    ae = AutoEncoder(kind="sparse", latent_dim=4, hidden=(16,))
+    x = ae.prepare_data(heldout).observations(torch.Generator().manual_seed(0))
+    with pytest.raises(pyrovae.ContractError, match="point mass.*an autoencoder defines no p"):
+        pyrovae.log_marginal_likelihood(ae.model, ae.guide, x, num_samples=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pyrovae.diagnostics.PosteriorCollapseWarning)
+        trainer = pyrovae.train(ae.model, ae.guide, train.subset(slice(0, 300)), heldout, epochs=2,
+                                progress=False, verbose=False)
+    assert "active_units" in trainer.history[-1]

@@ -183,6 +183,7 @@ def check_contract(model: Callable, guide: Callable, x: torch.Tensor, *args, pla
                 "tensors whose dim 0 is x's are cut into chunks with x; keyword arguments are passed "
                 "whole, so pass per-datapoint tensors positionally"
             ) from None
+        _refuse_point_masses(guide_trace)
         max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
         for name, _, site, _ in _site_log_probs(model_trace, guide_trace, plate_name, x.shape[0]):
             if len(site["fn"].batch_shape) > max_plate_nesting:
@@ -191,6 +192,21 @@ def check_contract(model: Callable, guide: Callable, x: torch.Tensor, *args, pla
                     f"than its plates; declare the dependent dimensions with .to_event(...)"
                 )
     return max_plate_nesting
+
+
+def _refuse_point_masses(guide_trace) -> None:
+    """A ``Delta`` guide site (an autoencoder's code, a MAP estimate) is no proposal: its "density"
+    is 1 at one point, so importance weights would be p(x, z) at that point, not an estimate of p(x)."""
+    for name, site in guide_trace.nodes.items():
+        fn = site.get("fn")
+        while fn is not None and hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if site["type"] == "sample" and not site["is_observed"] and isinstance(fn, pyro.distributions.Delta):
+            raise ContractError(
+                f"guide site {name!r} is a point mass (Delta): importance sampling needs a proposal with a density, "
+                "so log p(x) is not estimable with this guide (an autoencoder defines no p(x); score its "
+                "reconstructions instead, or give the site a Normal guide)"
+            )
 
 
 def per_datapoint_args(args: tuple, num_rows: int, index: slice) -> tuple:

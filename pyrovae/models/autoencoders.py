@@ -52,8 +52,10 @@ The seed slides (d'Ascoli, *Variational Auto-Encoders*) list the four; per datap
   :math:`d` batched vector-Jacobian products (``torch.autograd.grad(..., is_grads_batched=True,
   create_graph=True)``); either way the penalty's own gradient flows to the encoder. Rifai et al.
   choose :math:`\lambda` per data set on validation data and publish no single value;
-  ``contraction_weight`` defaults to 0.1 (our choice). Their code is a sigmoid layer, ours is
-  linear: as with L1, the scale of the code is partly free.
+  ``contraction_weight`` defaults to 0.1 (our choice; after 50 MNIST epochs the penalty costs
+  0.8 nats per image, ``docs/autoencoders.md``). Their code is a sigmoid layer, ours is linear: as
+  with L1, the scale of the code is partly free, and the penalty shrinks it (code std 0.7 against
+  the plain AE's 3.8).
 
 Penalties are in nats per datapoint, on the scale of the summed log-likelihood, and are
 subtracted from the ELBO; ``metrics.csv`` records the held-out objective (reconstruction
