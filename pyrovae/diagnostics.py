@@ -66,6 +66,8 @@ from .infer.importance import (
     _per_datapoint,
     _rows,
     check_contract,
+    is_point_mass,
+    latent_sites,
     log_importance_weights,
     log_marginal_likelihood,
     per_datapoint_args,
@@ -91,11 +93,7 @@ def _isolated(tensors: Sequence, grad: bool = False) -> Iterator[None]:
 def _latent_sites(trace, plate_name: str, num_rows: int) -> list[tuple[str, dict, int]]:
     """``(name, site, data_dim)`` of every latent site of a guide trace, the contract checked on
     each; a guide without any is refused."""
-    sites = [
-        (name, site, _check_site(site, "guide", plate_name, num_rows))
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-    ]
+    sites = [(name, site, _check_site(site, "guide", plate_name, num_rows)) for name, site in latent_sites(trace)]
     if not sites:
         raise ContractError("the guide samples no latent site, so there is no latent code to diagnose (a "
                             "deterministic model has none)")
@@ -308,19 +306,11 @@ def _continuous(site: dict) -> bool:
 
 
 def _only_point_masses(guide: Callable, rows: tuple[torch.Tensor, ...]) -> bool:
+    """Whether every latent site of the guide is a ``Delta`` (an autoencoder's code): no posterior,
+    so nothing can collapse onto a prior."""
     with poutine.block(), torch.no_grad():
-        trace = poutine.trace(guide).get_trace(*rows)
-    latent = [site for site in trace.nodes.values()
-              if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
-    return bool(latent) and all(_point_mass(site) for site in latent)
-
-
-def _point_mass(site: dict) -> bool:
-    """A ``Delta`` site (an autoencoder's code): no posterior, so nothing can collapse onto a prior."""
-    fn = site["fn"]
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return isinstance(fn, dist.Delta)
+        latent = latent_sites(poutine.trace(guide).get_trace(*rows))
+    return bool(latent) and all(is_point_mass(site["fn"]) for _, site in latent)
 
 
 def _site_mean(fn, num_samples: int) -> torch.Tensor:

@@ -194,14 +194,24 @@ def check_contract(model: Callable, guide: Callable, x: torch.Tensor, *args, pla
     return max_plate_nesting
 
 
+def latent_sites(trace) -> list[tuple[str, dict]]:
+    """``(name, site)`` of every latent sample site of ``trace`` (not observed, not a plate's subsample)."""
+    return [(name, site) for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
+
+
+def is_point_mass(fn) -> bool:
+    """Whether ``fn`` is a ``Delta`` (through ``.to_event``, ``.expand`` and transforms)."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, pyro.distributions.Delta)
+
+
 def _refuse_point_masses(guide_trace) -> None:
     """A ``Delta`` guide site (an autoencoder's code, a MAP estimate) is no proposal: its "density"
     is 1 at one point, so importance weights would be p(x, z) at that point, not an estimate of p(x)."""
-    for name, site in guide_trace.nodes.items():
-        fn = site.get("fn")
-        while fn is not None and hasattr(fn, "base_dist"):
-            fn = fn.base_dist
-        if site["type"] == "sample" and not site["is_observed"] and isinstance(fn, pyro.distributions.Delta):
+    for name, site in latent_sites(guide_trace):
+        if is_point_mass(site["fn"]):
             raise ContractError(
                 f"guide site {name!r} is a point mass (Delta): importance sampling needs a proposal with a density, "
                 "so log p(x) is not estimable with this guide (an autoencoder defines no p(x); score its "

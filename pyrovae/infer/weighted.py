@@ -51,10 +51,9 @@ from collections.abc import Callable
 
 import torch
 from pyro.infer.enum import get_importance_trace
-from pyro.poutine.util import site_is_subsample
 
 from .factors import Schedule, constant, cyclical, factor, linear
-from .importance import PARTICLE_PLATE, ContractError
+from .importance import PARTICLE_PLATE, ContractError, latent_sites
 from .objectives import _FromDifferentiableLoss
 
 Weight = float | str  # a number, or the name of a factor set per step by a schedule
@@ -174,7 +173,7 @@ class BetaELBO(_KLObjective):
         model_trace, guide_trace = self._draw(model, guide, args, kwargs)
         out = {"reconstruction": self._reconstruction(model_trace), "beta": _resolve(self.beta, 1.0)}
         kl, per_dim, n = torch.zeros(()), [], None
-        for name, q_site in _latent_sites(guide_trace):
+        for name, q_site in latent_sites(guide_trace):
             if self.free_bits is None:
                 kl = kl + (self._site_kl(name, q_site, model_trace) * q_site["scale"]).sum() / self.num_particles
                 continue
@@ -282,7 +281,7 @@ class CapacityELBO(_KLObjective):
         return loss
 
     def _terms(self, model_trace, guide_trace) -> dict[str, torch.Tensor]:
-        latents = _latent_sites(guide_trace)
+        latents = latent_sites(guide_trace)
         if self.groups is None:
             groups = {ALL_LATENTS: tuple(name for name, _ in latents)}
         else:
@@ -452,11 +451,6 @@ def _relaxed(fn) -> tuple[torch.distributions.RelaxedOneHotCategorical, int] | N
             fn = fn.base_dist
         else:
             return None
-
-
-def _latent_sites(trace):
-    return [(name, site) for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
 
 
 def _resolve(value: Weight, init: float = 0.0) -> torch.Tensor:
