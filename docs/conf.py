@@ -51,6 +51,8 @@ root_doc = "index"
 exclude_patterns = ["_build", "**/.ipynb_checkpoints", "images/**/README*"]
 templates_path = []
 pygments_style = "sphinx"
+# curly quotes, but "--" stays two hyphens: the pages quote command-line flags in running text
+smartquotes_action = "qe"
 
 # --- autodoc: the docstrings are reStructuredText with :param x: field lists -----------------
 autodoc_member_order = "bysource"
@@ -116,45 +118,41 @@ if _mathjax_static is not None:
 # else: Sphinx's default, MathJax from a CDN (math then needs a network to render)
 
 # --- the gallery (see _ext/pyrovae_gallery.py) --------------------------------------------------
-# Each example's quick settings reuse the test suite's tiny flags (tests/test_examples*.py); "{out}"
-# is a folder for the pictures the script writes; "quick_train_size" cuts the embedded training
-# split for scripts that have no --train-size flag (said so on the page). Full mode runs the script
-# at its own defaults, plus the "full" flags. "title" names the page.
+# Each example's quick settings reuse the test suite's tiny flags (tests/test_examples*.py), with
+# --train-size (every script has it: pyrovae.data.add_data_arguments); "{out}" is a folder for the
+# pictures the script writes. Full mode runs the script at its own defaults, plus the "full" flags.
+# "title" names the page.
 pyrovae_gallery_mode = os.environ.get("PYROVAE_DOCS_GALLERY", "quick")
 pyrovae_gallery_only = os.environ.get("PYROVAE_DOCS_GALLERY_ONLY", "")  # comma list: run just these
 pyrovae_gallery_cache = os.environ.get("PYROVAE_DOCS_CACHE", str(DOCS / "_build" / ".gallery-cache"))
+if os.environ.get("PYROVAE_DOCS_JOBS"):  # examples run side by side (default: 2, or 1 on one core)
+    pyrovae_gallery_jobs = int(os.environ["PYROVAE_DOCS_JOBS"])
 pyrovae_gallery_examples = {
     "vae": {
         "title": "A VAE on MNIST",
-        "quick_train_size": 1000,
-        "quick": "--epochs 1 --latent-dim 4 --hidden 32 --eval-samples 10 --eval-points 40",
+        "quick": "--train-size 1000 --epochs 1 --latent-dim 4 --hidden 32 --eval-samples 10 --eval-points 40",
     },
     "custom_model_guide": {
         "title": "Your own model/guide pair",
-        "quick_train_size": 1000,
-        "quick": "--epochs 1 --latent-dim 4 --eval-samples 10",
+        "quick": "--train-size 1000 --test-size 200 --epochs 1 --latent-dim 4 --eval-samples 10",
     },
     "swap_likelihood": {
         "title": "Swapping the likelihood",
-        "quick_train_size": 1000,
-        "quick": "--variants bernoulli gaussian-sigma0.1 categorical-16-levels --epochs 1 --latent-dim 4 "
-                 "--hidden 32 --test-size 60 --num-samples 20",
+        "quick": "--train-size 1000 --variants bernoulli gaussian-sigma0.1 categorical-16-levels --epochs 1 "
+                 "--latent-dim 4 --hidden 32 --test-size 60 --num-samples 20",
     },
     "swap_prior": {
         "title": "Swapping the prior",
-        "quick_train_size": 1000,
-        "quick": "--variants normal mog-10 flow --epochs 1 --latent-dim 4 --hidden 32 --test-size 60 "
-                 "--num-samples 20",
+        "quick": "--train-size 1000 --variants normal mog-10 flow --epochs 1 --latent-dim 4 --hidden 32 "
+                 "--test-size 60 --num-samples 20",
     },
     "cvae": {
         "title": "Conditional VAE: completing digits",
-        "quick_train_size": 1000,
-        "quick": "--quadrants 3 --epochs 1 --eval-samples 10 --eval-points 40",
+        "quick": "--train-size 1000 --quadrants 3 --epochs 1 --eval-samples 10 --eval-points 40",
     },
     "mixture_vae": {
         "title": "Mixture VAE, the class enumerated",
-        "quick_train_size": 1000,
-        "quick": "--components 3 --latent-dim 4 --epochs 1 --eval-samples 10 --eval-points 40",
+        "quick": "--train-size 1000 --components 3 --latent-dim 4 --epochs 1 --eval-samples 10 --eval-points 40",
     },
     "ss_vae_m2": {
         "title": "Semi-supervised M2",
@@ -177,7 +175,7 @@ pyrovae_gallery_examples = {
 
 # --- the user guide: pages in this order; any other top-level page of docs/ follows ---------------
 pyrovae_guide_order = [
-    "math", "training", "importance_sampling", "likelihoods_priors", "zoo", "objectives", "diagnostics",
+    "math", "training", "importance_sampling", "ais", "likelihoods_priors", "zoo", "text", "objectives", "diagnostics",
     "autoencoders", "reliability", "benchmarks",
 ]
 pyrovae_guide_exclude = ["index", "getting_started"]

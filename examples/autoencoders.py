@@ -28,7 +28,7 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae.data import heldout_generator
+from pyrovae.data import add_data_arguments, heldout_generator
 from pyrovae.frechet import frechet_distance
 from pyrovae.io import write_json
 from pyrovae.models.autoencoders import KINDS, AutoEncoder, assess
@@ -36,8 +36,7 @@ from pyrovae.plots import plot_rows
 
 
 def main(args):
-    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, test_size=args.test_size)
-    train = train.subset(slice(0, args.train_size)) if args.train_size else train
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size, args.train_size)
     x_test = test.with_space("binary-dynamic").observations(heldout_generator(args.seed))  # binarised once
     grey_test = test.with_space("grey").observations()
     x_fit = train.subset(slice(0, 10_000)).with_space("binary-dynamic").observations(torch.Generator().manual_seed(0))
@@ -86,11 +85,8 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="autoencoders vs a VAE on MNIST")
-    parser.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
-    parser.add_argument("--data-dir", default=None, help="torchvision layout; default $PYROVAE_DATA")
+    add_data_arguments(parser, test_size=1000)  # --dataset, --data-dir, --train-size, --test-size
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--train-size", type=int, default=None, help="use only the first N training digits")
-    parser.add_argument("--test-size", type=int, default=1000, help="test digits (all scored)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--latent-dim", type=int, default=20)
     parser.add_argument("--hidden", type=int, nargs="+", default=[400])

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import pyrovae
+from pyrovae.data import add_data_arguments
 
 
 class Decoder(nn.Module):
@@ -62,20 +63,21 @@ def make_pair(latent_dim):
 
 def main(args):
     pyro.set_rng_seed(args.seed)
-    train, test = pyrovae.load_embedded_mnist().split(1000)
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size, args.train_size)
     x_test = test.observations(torch.Generator().manual_seed(args.seed))
     model, guide = make_pair(args.latent_dim)
     trainer = pyrovae.train(model, guide, train, x_test, epochs=args.epochs, lr=args.lr, jit=True)
     print(f"held-out ELBO {trainer.history[-1]['heldout_elbo']:.2f} nats after {trainer.epoch} epochs")
     res = pyrovae.log_marginal_likelihood(model, guide, x_test[:500], num_samples=args.eval_samples)
     s = res.summary()
-    print(f"log p(x) = {s['mean_log_px']:.2f} +/- {s['mc_stderr']:.2f} nats (500 digits, "
+    print(f"log p(x) = {s['mean_log_px']:.2f} +/- {s['mc_stderr']:.2f} nats ({len(res)} digits, "
           f"K={args.eval_samples}); ELBO from the same samples {s['mean_elbo']:.2f}; "
           f"k-hat > 0.7 for {s['share_khat_over_0.7']:.0%}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="a user-written model/guide pair")
+    add_data_arguments(parser)  # --dataset, --data-dir, --train-size, --test-size
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--latent-dim", type=int, default=10)

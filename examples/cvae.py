@@ -18,11 +18,12 @@ import argparse
 import pyro
 
 import pyrovae
+from pyrovae.data import add_data_arguments
 from pyrovae.models.cvae import QuadrantCVAE, QuadrantNN
 
 
 def main(args):
-    train, test = pyrovae.load_train_test(args.dataset, args.data_dir)
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size, args.train_size)
     test = test.subset(slice(0, args.eval_points))
     for model in (QuadrantNN(quadrants=args.quadrants), QuadrantCVAE(quadrants=args.quadrants)):
         pyro.clear_param_store()
@@ -36,8 +37,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="CVAE quadrant completion on MNIST")
-    parser.add_argument("--dataset", default="embedded", choices=["embedded", "mnist"])
-    parser.add_argument("--data-dir", default=None, help="torchvision layout; default $PYROVAE_DATA")
+    add_data_arguments(parser)  # --dataset, --data-dir, --train-size, --test-size
     parser.add_argument("--quadrants", type=int, default=2, choices=[1, 2, 3], help="quadrants given")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--eval-samples", type=int, default=1000, help="importance samples K")

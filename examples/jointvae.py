@@ -20,15 +20,13 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae.data import heldout_generator
+from pyrovae.data import add_data_arguments, heldout_generator
 from pyrovae.models.jointvae import JointVAE
 
 
 def main(args):
     pyro.set_rng_seed(args.seed)
-    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, test_size=args.test_size)
-    if args.train_size:
-        train = train.subset(slice(0, args.train_size))
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size, args.train_size)
     vae = JointVAE(latent_dim=args.latent_dim, categories=args.categories, hidden=tuple(args.hidden),
                    capacity_steps=args.capacity_steps)
     trainer = pyrovae.train(
@@ -53,8 +51,7 @@ def main(args):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description="JointVAE on MNIST")
-    parser.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
-    parser.add_argument("--data-dir", default=None, help="torchvision layout; default $PYROVAE_DATA")
+    add_data_arguments(parser, test_size=1000)  # --dataset, --data-dir, --train-size, --test-size
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -62,8 +59,6 @@ if __name__ == "__main__":
     parser.add_argument("--categories", type=int, default=10)
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 256])
     parser.add_argument("--capacity-steps", type=int, default=25_000, help="steps of the capacity ramps")
-    parser.add_argument("--train-size", type=int, default=None, help="use only the first N training digits")
-    parser.add_argument("--test-size", type=int, default=1000, help="test digits (all scored)")
     parser.add_argument("--num-samples", type=int, default=1000, help="importance samples for log p(x)")
     parser.add_argument("--out", default=None, help="folder for the pictures (traversals, codes)")
     parser.add_argument("--seed", type=int, default=0)

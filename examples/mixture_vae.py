@@ -19,12 +19,13 @@ import argparse
 import pyro
 
 import pyrovae
+from pyrovae.data import add_data_arguments
 from pyrovae.models.mixture import MixtureVAE, cluster_accuracy
 
 
 def main(args):
     pyro.set_rng_seed(args.seed)
-    train, test = pyrovae.load_train_test(args.dataset, args.data_dir)
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size, args.train_size)
     model = MixtureVAE(components=args.components, latent_dim=args.latent_dim)
     x_test = model.prepare_data(test).observations()  # binarised once
     pyrovae.train(model.model, model.guide, train, x_test, epochs=args.epochs, objective="enum", seed=args.seed)
@@ -39,8 +40,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="mixture VAE on MNIST")
-    parser.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
-    parser.add_argument("--data-dir", default=None, help="torchvision layout; default $PYROVAE_DATA")
+    add_data_arguments(parser)  # --dataset, --data-dir, --train-size, --test-size
     parser.add_argument("--components", type=int, default=10)
     parser.add_argument("--latent-dim", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10)

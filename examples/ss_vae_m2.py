@@ -27,15 +27,14 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae.data import as_tensors, heldout_generator
+from pyrovae.data import add_data_arguments, as_tensors, heldout_generator
 from pyrovae.models.m2 import M2, PYRO_TRAINING
 
 
 def main(args):
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
-    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size)
-    train = train.subset(slice(0, args.train_size)) if args.train_size else train
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size, args.train_size)
     m2 = M2(num_labels=args.num_labels, latent_dim=args.latent_dim, hidden=args.hidden)
 
     def report(trainer, record):
@@ -59,10 +58,7 @@ if __name__ == "__main__":
     parser.add_argument("--num-labels", type=int, default=3000, help="labelled training images, balanced per class")
     parser.add_argument("--epochs", type=int, default=PYRO_TRAINING["epochs"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
-    parser.add_argument("--data-dir", default=None, help="torchvision layout; default $PYROVAE_DATA")
-    parser.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--test-size", type=int, default=None, help="test images (embedded: split off, default 1000)")
+    add_data_arguments(parser)  # --dataset, --data-dir, --train-size, --test-size
     parser.add_argument("--latent-dim", type=int, default=50)
     parser.add_argument("--hidden", type=int, nargs="+", default=[500])
     parser.add_argument("--eval-samples", type=int, default=1000, help="importance samples for log p(x)")

@@ -11,6 +11,7 @@ All score the same binarised test images, so their differences are paired.
 import argparse
 
 import pyrovae
+from pyrovae.data import add_data_arguments
 from pyrovae.scoring import fit_and_score, format_comparison
 
 # label: (prior, its options)
@@ -24,7 +25,7 @@ VARIANTS = {
 
 
 def main(args):
-    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size)
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size, args.train_size)
     scored = []
     for label in args.variants:
         prior, options = VARIANTS[label]
@@ -39,13 +40,11 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="VAE priors ranked by test log p(x)")
-    parser.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
-    parser.add_argument("--data-dir", default=None, help="torchvision layout; default $PYROVAE_DATA")
+    add_data_arguments(parser, test_size=1000)  # --dataset, --data-dir, --train-size, --test-size
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--latent-dim", type=int, default=20)
     parser.add_argument("--hidden", type=int, nargs="+", default=[400])
-    parser.add_argument("--test-size", type=int, default=1000, help="test images scored")
     parser.add_argument("--num-samples", type=int, default=1000, help="importance samples per test image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="progress bars")

@@ -18,11 +18,12 @@ import pyro
 import torch
 
 import pyrovae
+from pyrovae.data import add_data_arguments
 
 
 def main(args):
     pyro.set_rng_seed(args.seed)
-    train, test = pyrovae.load_train_test(args.dataset, args.data_dir)
+    train, test = pyrovae.load_train_test(args.dataset, args.data_dir, args.test_size, args.train_size)
     vae = pyrovae.VAE(latent_dim=args.latent_dim, hidden=args.hidden)
     x_test = vae.prepare_data(test).observations(torch.Generator().manual_seed(args.seed))  # binarised once
 
@@ -40,8 +41,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="VAE on MNIST")
-    parser.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
-    parser.add_argument("--data-dir", default=None, help="torchvision layout; default $PYROVAE_DATA")
+    add_data_arguments(parser)  # --dataset, --data-dir, --train-size, --test-size
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)

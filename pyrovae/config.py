@@ -116,6 +116,20 @@ class RunConfig:
     ``capacity_gamma``, ``free_bits`` (nats per dimension); ``epochs``, ``batch_size``, ``lr``, ``lr_decay``,
     ``clip_norm``, ``jit``, ``seed``, ``device``. ``data_dim`` and ``image_shape`` are filled in
     from the data.
+
+    Example:
+
+    >>> import pyrovae
+    >>> config = pyrovae.RunConfig(epochs=2, beta=4.0, model_options={"latent_dim": 2})
+    >>> config.weights_kl(), config.kl_settings()["beta"]
+    (True, 4.0)
+    >>> pyrovae.RunConfig.from_dict(config.to_dict()) == config
+    True
+    >>> try:
+    ...     pyrovae.RunConfig(batch_size=0).validate()
+    ... except pyrovae.ConfigError as err:
+    ...     print(err)
+    batch_size=0 is out of range
     """
 
     dataset: str = "embedded"

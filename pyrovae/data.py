@@ -30,6 +30,7 @@ offline.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gzip
 import hashlib
@@ -56,7 +57,18 @@ _FILES = {
 def heldout_generator(seed: int) -> torch.Generator:
     """The generator that draws a held-out set's observations (binarisation, dequantisation
     noise) once, apart from the training epochs' draws: the same ``seed`` gives the same test
-    points in training, evaluation, pictures and comparisons."""
+    points in training, evaluation, pictures and comparisons.
+
+    Example:
+
+    >>> import pyrovae
+    >>> from pyrovae.data import heldout_generator
+    >>> test = pyrovae.load_embedded_mnist().subset(slice(0, 3))
+    >>> a = test.observations(heldout_generator(0))
+    >>> b = test.observations(heldout_generator(0))
+    >>> bool((a == b).all()), a.unique().tolist()
+    (True, [0.0, 1.0])
+    """
     return torch.Generator().manual_seed(heldout_seed(seed))
 
 
@@ -75,6 +87,23 @@ class ImageData:
     ``space`` selects the observations a likelihood sees (see the module docstring; ``None``:
     the model's choice); ``levels`` is the number of grey levels for ``space="levels"``;
     ``return_labels`` makes :meth:`tensors` give ``(x, labels)`` instead of ``(x,)``.
+
+    Example:
+
+    >>> import torch
+    >>> from pyrovae import ImageData
+    >>> data = ImageData(torch.tensor([[0, 128, 255, 64], [255, 255, 0, 0]], dtype=torch.uint8), image_shape=(2, 2))
+    >>> len(data), data.data_dim
+    (2, 4)
+    >>> data.with_space("grey").observations()
+    tensor([[0.0000, 0.5020, 1.0000, 0.2510],
+            [1.0000, 1.0000, 0.0000, 0.0000]])
+    >>> data.with_space("binary-threshold").observations()
+    tensor([[0., 1., 1., 0.],
+            [1., 1., 0., 0.]])
+    >>> data.with_space("levels", levels=4).observations()
+    tensor([[0., 2., 3., 1.],
+            [3., 3., 0., 0.]])
     """
 
     images: torch.Tensor  # uint8, (N, D)
@@ -156,7 +185,9 @@ class ImageData:
         space = self.observed_space
         if space == "binary-dynamic":
             u = torch.rand(k.shape, generator=generator, device=gen_device, dtype=dtype)
-            return (u.to(k.device) < k / 255).to(dtype)
+            # (u < k / 255) as 0./1. written into u, k scaled in place: the same values as the
+            # plain expression with two passes over the data fewer (every epoch of a training)
+            return u.to(k.device).lt_(k.div_(255) if k is not self.images else k / 255)
         if space == "binary-threshold":
             return (k / 255 > 0.5).to(dtype)
         if space == "grey":
@@ -181,6 +212,16 @@ def from_tensor(
 
     Images of shape ``(N, H, W)`` or ``(N, C, H, W)`` keep their shape for plots; ``(N, D)``
     is taken as flat.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> data = pyrovae.from_tensor(torch.rand(5, 28, 28), labels=torch.arange(5))
+    >>> len(data), data.image_shape, data.images.dtype
+    (5, (28, 28), torch.uint8)
+    >>> x, y = data.with_labels().tensors()
+    >>> x.shape, y.tolist()
+    (torch.Size([5, 784]), [0, 1, 2, 3, 4])
     """
     x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
     if x.dim() < 2:
@@ -327,6 +368,17 @@ def load_dataset(
     to). Archives are checked against torchvision's MD5s. Missing files are downloaded into the
     cache when ``download`` is true and the machine is online; otherwise a :class:`DataError`
     names the files it needs.
+
+    Example:
+
+    >>> import pyrovae
+    >>> pyrovae.load_dataset("embedded").name
+    'mnist-embedded-10k'
+    >>> try:
+    ...     pyrovae.load_dataset("svhn")
+    ... except pyrovae.DataError as err:
+    ...     print(err)
+    unknown dataset 'svhn'; choose one of ['fashion-mnist', 'mnist'] or 'embedded'
     """
     if name == "embedded":
         return load_embedded_mnist(space=space)
@@ -377,18 +429,71 @@ def _read_idx_gz(path) -> np.ndarray:
 
 
 def load_train_test(
-    name: str = "embedded", data_dir: str | Path | None = None, test_size: int | None = None
+    name: str = "embedded", data_dir: str | Path | None = None, test_size: int | None = None,
+    train_size: int | None = None,
 ) -> tuple[ImageData, ImageData]:
     """Training and test images: the ``mnist``/``fashion-mnist`` splits (test cut to its first
-    ``test_size``), or the embedded digits split ``test_size`` (default 1000) / the rest."""
+    ``test_size``), or the embedded digits split ``test_size`` (default 1000) / the rest; the
+    training images cut to their first ``train_size`` when it is given.
+
+    Example:
+
+    >>> import pyrovae
+    >>> train, test = pyrovae.load_train_test("embedded", test_size=100, train_size=500)
+    >>> len(train), len(test), train.image_shape
+    (500, 100, (28, 28))
+    """
     if name == "embedded":
-        return load_embedded_mnist().split(test_size or 1000)
-    test = load_dataset(name, "test", data_dir)
-    return load_dataset(name, "train", data_dir), test.subset(slice(0, test_size)) if test_size else test
+        train, test = load_embedded_mnist().split(test_size or 1000)
+    else:
+        test = load_dataset(name, "test", data_dir)
+        train, test = load_dataset(name, "train", data_dir), test.subset(slice(0, test_size)) if test_size else test
+    return (train.subset(slice(0, train_size)) if train_size else train), test
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, test_size: int | None = None) -> None:
+    """The data flags that every script of ``examples/`` shares, read by :func:`load_train_test`:
+    ``--dataset``, ``--data-dir``, ``--train-size`` (the first N training images: small runs,
+    such as the docs' gallery) and ``--test-size`` (default ``test_size``).
+
+    Example:
+
+    >>> import argparse
+    >>> from pyrovae.data import add_data_arguments
+    >>> parser = argparse.ArgumentParser()
+    >>> add_data_arguments(parser, test_size=1000)
+    >>> args = parser.parse_args(["--train-size", "500"])
+    >>> args.dataset, args.train_size, args.test_size
+    ('embedded', 500, 1000)
+    """
+    parser.add_argument("--dataset", default="embedded", choices=["embedded", *DATASETS])
+    parser.add_argument("--data-dir", default=None, help=f"torchvision layout; default ${DATA_ENV}")
+    parser.add_argument("--train-size", type=_positive_int, default=None,
+                        help="use only the first N training images")
+    parser.add_argument("--test-size", type=_positive_int, default=test_size,
+                        help="test images: the first N of the test split (embedded: N split off, default 1000)")
 
 
 def load_embedded_mnist(space: str | None = None) -> ImageData:
-    """The first 10,000 MNIST training digits, shipped with pyrovae (see ``_embedded/README``)."""
+    """The first 10,000 MNIST training digits, shipped with pyrovae (see ``_embedded/README``).
+
+    Example:
+
+    >>> import pyrovae
+    >>> digits = pyrovae.load_embedded_mnist()
+    >>> len(digits), digits.image_shape, digits.labels[:8].tolist()
+    (10000, (28, 28), [5, 0, 4, 1, 9, 2, 1, 3])
+    >>> train, heldout = digits.split(1000)
+    >>> len(train), len(heldout)
+    (9000, 1000)
+    """
     pkg = resources.files("pyrovae") / "_embedded"
     with resources.as_file(pkg / "mnist-train-10k-images-idx3-ubyte.gz") as p:
         images = _read_idx_gz(p)
@@ -408,7 +513,18 @@ def as_tensors(
     what: str = "data",
 ) -> tuple[torch.Tensor, ...]:
     """The per-datapoint tensors of ``data``: a tensor, a tuple of tensors sharing dim 0, or a
-    data source with ``tensors(generator, device)`` (e.g. :class:`ImageData`)."""
+    data source with ``tensors(generator, device)`` (e.g. :class:`ImageData`).
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> from pyrovae.data import as_tensors
+    >>> [t.shape for t in as_tensors((torch.zeros(3, 4), torch.arange(3)))]
+    [torch.Size([3, 4]), torch.Size([3])]
+    >>> digits = pyrovae.load_embedded_mnist().subset(slice(0, 2))
+    >>> [t.shape for t in as_tensors(digits.with_labels())]
+    [torch.Size([2, 784]), torch.Size([2])]
+    """
     if hasattr(data, "tensors"):
         tensors = tuple(data.tensors(generator, device))
     elif torch.is_tensor(data):
@@ -463,7 +579,9 @@ def check_batch(tensors: Sequence[torch.Tensor], what: str = "data") -> None:
     if sizes[0] == 0:
         raise DataError(f"{what} is empty")
     for i, t in enumerate(tensors):
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        # a finite sum means finite values (a NaN or inf makes it non-finite): one pass without a
+        # mask the size of the data; a sum that overflows is checked value by value
+        if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).reshape(len(t), -1).any(1).nonzero()[:5, 0].tolist()
             where = f"item {i} of the batch, " if len(tensors) > 1 else ""
             raise DataError(f"{what} contains NaN or infinite values ({where}rows {bad}...)")
@@ -476,7 +594,19 @@ def minibatches(
     shuffle: bool = True,
 ) -> Iterator:
     """Minibatches of rows, all tensors of a tuple shuffled and sliced together (one shuffle
-    per call). A tensor gives tensors, a tuple gives tuples."""
+    per call). A tensor gives tensors, a tuple gives tuples.
+
+    Example:
+
+    >>> import torch
+    >>> from pyrovae.data import minibatches
+    >>> x, y = torch.arange(10.0).unsqueeze(-1), torch.arange(10)
+    >>> batches = list(minibatches((x, y), batch_size=4, generator=torch.Generator().manual_seed(0)))
+    >>> [len(by) for bx, by in batches]
+    [4, 4, 2]
+    >>> all(torch.equal(bx[:, 0].long(), by) for bx, by in batches)
+    True
+    """
     single = torch.is_tensor(data)
     tensors = (data,) if single else tuple(data)
     n = tensors[0].shape[0]
@@ -491,7 +621,19 @@ def minibatches(
 
 def check_observations(x: torch.Tensor, data_dim: int | None = None, what: str = "data") -> None:
     """Observations of shape ``(N, D)`` (``D = data_dim`` when given), then the rows checks of
-    :func:`check_batch` (not empty, finite); raises :class:`DataError`."""
+    :func:`check_batch` (not empty, finite); raises :class:`DataError`.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> from pyrovae.data import check_observations
+    >>> check_observations(torch.zeros(2, 4), data_dim=4)
+    >>> try:
+    ...     check_observations(torch.zeros(2, 3), data_dim=4)
+    ... except pyrovae.DataError:
+    ...     print("refused")
+    refused
+    """
     if not torch.is_tensor(x):
         raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:

@@ -243,6 +243,21 @@ def kl_per_dimension(
     A prior whose dimensions are not independent (mixture of Gaussians, VampPrior, flow) is
     refused with a :class:`~pyrovae.ContractError`: its KL has no per-dimension split; use
     :func:`rate_distortion` for its total KL. Enumerated model sites are refused likewise.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyrovae import diagnostics
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    ...         pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(torch.stack([x[:, 0], torch.zeros(len(x))], -1), 1.0).to_event(1))
+    >>> x = torch.tensor([[1.0, 5.0], [-1.0, 5.0], [2.0, 5.0]])
+    >>> diagnostics.kl_per_dimension(model, guide, x).mean
+    tensor([1., 0.], dtype=torch.float64)
     """
     _check_samples(num_samples)
     x = _rows(x, model)
@@ -344,6 +359,17 @@ def active_units(
     is the distribution's own (``fn.mean``), else the average of ``num_samples`` draws (a flow guide).
     For a guide that depends on another latent, :math:`q(z_2 \mid z_1, x)`, the mean is given one
     draw of :math:`z_1`. Raises :class:`~pyrovae.ContractError` when there is no such site.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyrovae import diagnostics
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(torch.stack([x[:, 0], torch.zeros(len(x))], -1), 1.0).to_event(1))
+    >>> au = diagnostics.active_units(guide, torch.tensor([[1.0], [-1.0], [2.0]]))
+    >>> au.count, au.activity
+    (1, tensor([2.3333, 0.0000], dtype=torch.float64))
     """
     _check_samples(num_samples)
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
@@ -421,6 +447,17 @@ def mutual_information(
     at the draws of every other datapoint by broadcasting them along a dimension left of the
     plates, as vectorised particles are; a guide whose later sites depend on earlier latents
     (:math:`q(z_2 \mid z_1, x)`) is rerun on each block (slower), which is detected on the first one.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyrovae import diagnostics
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(10.0 * x, 0.1).to_event(1))
+    >>> mi = diagnostics.mutual_information(guide, torch.arange(4.0).unsqueeze(-1), num_samples=5)
+    >>> round(mi.mi, 3), round(mi.max_mi, 3)
+    (1.386, 1.386)
     """
     _check_samples(num_samples)
     x = _rows(x, guide)
@@ -538,6 +575,21 @@ def rate_distortion(
     :math:`E_x R = I_q(x; z) + \mathrm{KL}(q(z) \,\|\, p(z))`: the rate is the information the code
     carries (:func:`mutual_information`) plus the mismatch of the aggregate posterior and the prior.
     Enumerated model sites are refused (their KL has no per-datapoint value here).
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyrovae import diagnostics
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    ...         pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x / 2, 0.5 ** 0.5).to_event(1))
+    >>> rd = diagnostics.rate_distortion(model, guide, torch.tensor([[0.0, 1.0], [2.0, -1.0]]))
+    >>> rd.rate.shape, bool(torch.allclose(rd.elbo, -(rd.rate + rd.distortion)))
+    (torch.Size([2]), True)
     """
     _check_samples(num_samples)
     x = _rows(x, model)
@@ -729,6 +781,22 @@ def inference_gaps(
     parameters and the whole batch is one optimisation: pass a few hundred rows at most. Guide
     sites that are not Normal are refused with a :class:`~pyrovae.ContractError`; enumerated model
     sites are summed out.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyrovae import diagnostics
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+    ...         pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+    >>> x = torch.tensor([[2.0], [-2.0]])  # the guide ignores x: its gap is amortisation (exactly 1.15)
+    >>> gaps = diagnostics.inference_gaps(model, guide, x, steps=30, lr=0.3, num_samples=200)
+    >>> bool((gaps.amortisation_gap > 0.5).all()), bool((gaps.approximation_gap.abs() < 0.1).all())
+    (True, True)
     """
     _check_samples(steps, "steps")
     _check_samples(num_particles, "num_particles")
@@ -802,6 +870,15 @@ def latent_traversals(
     (:math:`E[x \mid z]` for a batch of codes), ``encode(x)`` returning the guide's mean first (only
     with ``x``) and optionally ``to_picture(values)``: the model's own decoding path, the one
     ``generate`` uses. Raises :class:`~pyrovae.ContractError` naming what is missing.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> from pyrovae import diagnostics
+    >>> vae = pyrovae.VAE(data_dim=4, latent_dim=3, hidden=[8], image_shape=(2, 2))
+    >>> trav = diagnostics.latent_traversals(vae, dims=[0, 2], num_steps=5)
+    >>> trav.images.shape, trav.dims, trav.offsets.tolist()
+    (torch.Size([2, 5, 4]), [0, 2], [-2.5, -1.25, 0.0, 1.25, 2.5])
     """
     _check_samples(num_steps, "num_steps")
     missing = [m for m in ("latent_dim", "decode_mean", *(("encode",) if x is not None else ())) if not hasattr(vae, m)]
@@ -853,6 +930,16 @@ class CollapseMonitor:
     rows (one guide pass, with its own random numbers) and returns ``{"active_units": count}`` for
     the epoch's metrics, or ``{}`` for a guide without continuous reparameterised latent sites
     inside the data plate. Each collapse, and each unit's death, is reported once.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyrovae.diagnostics import CollapseMonitor
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(torch.stack([x[:, 0], torch.zeros(len(x))], -1), 1.0).to_event(1))
+    >>> CollapseMonitor().check(guide, (torch.tensor([[1.0], [-1.0], [2.0]]),), epoch=1)
+    {'active_units': 1}
     """
 
     def __init__(self, threshold: float = ACTIVITY_THRESHOLD, rows: int = MONITOR_ROWS) -> None:
@@ -944,7 +1031,20 @@ def report(
     ``gap_points`` of them, with ``num_samples`` importance samples and ``gap_steps`` Adam steps;
     ``gap_points=0`` skips them). A diagnostic that does not apply to the pair (a
     :class:`~pyrovae.ContractError`: a non-factorised prior, a non-Normal guide) is skipped with
-    its reason in ``Report.skipped``."""
+    its reason in ``Report.skipped``.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> from pyrovae import diagnostics
+    >>> vae = pyrovae.VAE(data_dim=4, latent_dim=2, hidden=[8], image_shape=(2, 2))
+    >>> x = torch.bernoulli(torch.full((20, 4), 0.5), generator=torch.Generator().manual_seed(0))
+    >>> rep = diagnostics.report(vae.model, vae.guide, x, gap_points=0)
+    >>> {"active_units", "rate", "distortion", "mutual_information", "marginal_kl"} <= set(rep.summary())
+    True
+    >>> rep.skipped
+    {'gaps': 'gap_points=0'}
+    """
     x = _rows(x, model)
     out = Report(x.shape[0])
     jobs: dict[str, Callable[[], Any]] = {

@@ -38,7 +38,16 @@ WEIGHTS = "mnist_classifier.pt"
 
 
 class MNISTClassifier(nn.Module):
-    """``784 -> 256 -> 128 -> 10``, ReLU; :meth:`features` are the 128 penultimate activations."""
+    """``784 -> 256 -> 128 -> 10``, ReLU; :meth:`features` are the 128 penultimate activations.
+
+    Example:
+
+    >>> import torch
+    >>> from pyrovae.frechet import MNISTClassifier
+    >>> net = MNISTClassifier()
+    >>> net(torch.zeros(3, 784)).shape, net.features(torch.zeros(3, 784)).shape
+    (torch.Size([3, 10]), torch.Size([3, 128]))
+    """
 
     def __init__(self, data_dim: int = 784, hidden: Sequence[int] = (256, 128), classes: int = 10) -> None:
         super().__init__()
@@ -81,7 +90,16 @@ def _images(images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def classifier_features(images: torch.Tensor, classifier: MNISTClassifier | None = None,
                         batch_size: int = 2000) -> torch.Tensor:
-    """Penultimate features ``(N, 128)`` of ``images`` (``(N, 784)`` in ``[0, 1]``), float64."""
+    """Penultimate features ``(N, 128)`` of ``images`` (``(N, 784)`` in ``[0, 1]``), float64.
+
+    Example:
+
+    >>> import pyrovae
+    >>> from pyrovae.frechet import classifier_features
+    >>> grey = pyrovae.load_embedded_mnist().subset(slice(0, 100)).with_space("grey").observations()
+    >>> classifier_features(grey).shape
+    torch.Size([100, 128])
+    """
     net = classifier or load_classifier()
     x = _images(images)
     return torch.cat([net.features(part).double() for part in x.split(batch_size)])
@@ -89,14 +107,32 @@ def classifier_features(images: torch.Tensor, classifier: MNISTClassifier | None
 
 @torch.no_grad()
 def classifier_accuracy(images: torch.Tensor, labels: torch.Tensor, classifier: MNISTClassifier | None = None) -> float:
-    """Share of ``images`` whose most probable class is their label."""
+    """Share of ``images`` whose most probable class is their label.
+
+    Example:
+
+    >>> import pyrovae
+    >>> from pyrovae.frechet import classifier_accuracy
+    >>> digits = pyrovae.load_embedded_mnist().subset(slice(0, 100))
+    >>> classifier_accuracy(digits.with_space("grey").observations(), digits.labels) > 0.9
+    True
+    """
     net = classifier or load_classifier()
     predicted = torch.cat([net(part).argmax(-1) for part in _images(images).split(2000)])
     return (predicted == torch.as_tensor(labels).cpu()).double().mean().item()
 
 
 def gaussian_fit(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) covariance of ``(N, k)`` features, float64."""
+    """Mean and (unbiased) covariance of ``(N, k)`` features, float64.
+
+    Example:
+
+    >>> import torch
+    >>> from pyrovae.frechet import gaussian_fit
+    >>> mu, sigma = gaussian_fit(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
+    >>> mu.tolist(), sigma.tolist()
+    ([1.0, 1.0], [[2.0, 0.0], [0.0, 0.0]])
+    """
     f = torch.as_tensor(features).double()
     if f.dim() != 2 or len(f) < 2:
         raise ValueError(f"need at least 2 feature vectors as an (N, k) tensor; got shape {tuple(f.shape)}")
@@ -112,7 +148,16 @@ def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
 
 def frechet_distance_gaussians(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
                                sigma2: torch.Tensor) -> float:
-    r""":math:`\|\mu_1 - \mu_2\|^2 + \operatorname{tr}(\Sigma_1 + \Sigma_2 - 2(\Sigma_1\Sigma_2)^{1/2})`, in float64."""
+    r""":math:`\|\mu_1 - \mu_2\|^2 + \operatorname{tr}(\Sigma_1 + \Sigma_2 - 2(\Sigma_1\Sigma_2)^{1/2})`, in float64.
+
+    Example:
+
+    >>> import torch
+    >>> from pyrovae.frechet import frechet_distance_gaussians
+    >>> eye = torch.eye(2, dtype=torch.float64)
+    >>> frechet_distance_gaussians(torch.zeros(2), eye, torch.tensor([3.0, 4.0]), 4 * eye)
+    27.0
+    """
     mu1, mu2, sigma1, sigma2 = (torch.as_tensor(t).double() for t in (mu1, mu2, sigma1, sigma2))
     root1 = _sqrt_psd(sigma1)
     middle = root1 @ sigma2 @ root1
@@ -125,6 +170,16 @@ def frechet_distance_gaussians(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: tor
 def frechet_distance(images_a: torch.Tensor, images_b: torch.Tensor,
                      classifier: MNISTClassifier | None = None) -> float:
     """The Fréchet distance between Gaussians fitted to the classifier features of two image sets
-    (``(N, 784)`` values in ``[0, 1]``; the sizes may differ)."""
+    (``(N, 784)`` values in ``[0, 1]``; the sizes may differ).
+
+    Example:
+
+    >>> import torch
+    >>> from pyrovae.frechet import frechet_distance
+    >>> a = torch.rand(200, 784, generator=torch.Generator().manual_seed(0))
+    >>> b = torch.rand(200, 784, generator=torch.Generator().manual_seed(1))
+    >>> frechet_distance(a, a) < 1e-6, frechet_distance(a, b) > 0
+    (True, True)
+    """
     fa, fb = (classifier_features(x, classifier) for x in (images_a, images_b))
     return frechet_distance_gaussians(*gaussian_fit(fa), *gaussian_fit(fb))

@@ -43,7 +43,18 @@ from .distributions import IndependentBernoulli, IndependentCategorical, RowMult
 
 
 class Likelihood(nn.Module):
-    r"""Base class: ``forward(out)`` gives :math:`p(x \mid z)` from the decoder output ``out``."""
+    r"""Base class: ``forward(out)`` gives :math:`p(x \mid z)` from the decoder output ``out``.
+
+    Example:
+
+    >>> import math, torch, pyrovae
+    >>> lik = pyrovae.make_likelihood("categorical", levels=4)
+    >>> lik.params_per_dim, lik.data_space
+    (4, 'levels')
+    >>> p = lik(torch.zeros(1, 4 * 3))
+    >>> math.isclose(p.log_prob(torch.tensor([[0.0, 1.0, 3.0]])).item(), 3 * math.log(0.25), rel_tol=1e-6)
+    True
+    """
 
     name: ClassVar[str] = ""
     #: data space (see :mod:`pyrovae.data`) images are put in for this likelihood
@@ -459,7 +470,22 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 
 
 def make_likelihood(spec: str | Likelihood, **options) -> Likelihood:
-    """A likelihood from its name (``"bernoulli"``, ...) and options, or the object itself."""
+    """A likelihood from its name (``"bernoulli"``, ...) and options, or the object itself.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> lik = pyrovae.make_likelihood("gaussian", sigma=0.1)
+    >>> lik.data_space, lik.params_per_dim
+    ('dequantized', 1)
+    >>> p = lik(torch.zeros(2, 3))
+    >>> p.batch_shape, p.event_shape
+    (torch.Size([2]), torch.Size([3]))
+    >>> round(p.log_prob(torch.zeros(2, 3))[0].item(), 3)
+    4.151
+    >>> pyrovae.make_likelihood(lik) is lik
+    True
+    """
     if isinstance(spec, Likelihood):
         return spec
     if spec not in LIKELIHOODS:

@@ -38,7 +38,14 @@ from .nets import ConvEncoder, MLPEncoder
 
 
 class Prior(nn.Module):
-    """Base class. ``closed_form_kl`` says whether KL(q(z|x) || p(z)) has a formula in Pyro."""
+    """Base class. ``closed_form_kl`` says whether KL(q(z|x) || p(z)) has a formula in Pyro.
+
+    Example:
+
+    >>> import pyrovae
+    >>> [(name, pyrovae.make_prior(name, latent_dim=2).closed_form_kl) for name in ("normal", "learned-normal", "mog")]
+    [('normal', True), ('learned-normal', True), ('mog', False)]
+    """
 
     name: ClassVar[str] = ""
     closed_form_kl: ClassVar[bool] = False
@@ -330,7 +337,18 @@ PRIORS: dict[str, type[Prior]] = {
 
 
 def make_prior(spec: str | Prior, latent_dim: int, **options) -> Prior:
-    """A prior from its name (``"normal"``, ...) and options, or the object itself."""
+    """A prior from its name (``"normal"``, ...) and options, or the object itself.
+
+    Example:
+
+    >>> import math, torch, pyrovae
+    >>> prior = pyrovae.make_prior("mog", latent_dim=2, components=3)
+    >>> prior.closed_form_kl, prior().event_shape
+    (False, torch.Size([2]))
+    >>> normal = pyrovae.make_prior("normal", latent_dim=2)
+    >>> math.isclose(normal().log_prob(torch.zeros(2)).item(), -math.log(2 * math.pi), rel_tol=1e-6)
+    True
+    """
     if isinstance(spec, Prior):
         if spec.latent_dim != latent_dim:
             raise ValueError(f"prior has latent_dim={spec.latent_dim}, model has {latent_dim}")

@@ -77,3 +77,26 @@ def test_a_gallery_page_shows_output_pictures_and_source(site):
     assert "def main(args)" in _text(site / "gallery" / "autoencoders.html")  # its source
     assert list((site / "_images").glob("autoencoders*.png"))
     assert "Not run in this build" in (site / "gallery" / "vae.html").read_text()
+
+
+def test_a_guide_page_whose_code_link_names_nothing_fails_the_build(tmp_path):
+    """Equations link to the API entry that computes them; a broken link is an error under -W."""
+    src = tmp_path / "src"
+    (src / "api").mkdir(parents=True)
+    (src / "conf.py").write_text(
+        f"import sys; sys.path.insert(0, {str(ROOT / 'docs' / '_ext')!r})\n"
+        "extensions = ['sphinx.ext.autodoc', 'myst_parser', 'pyrovae_docs']\n"
+        "pyrovae_api_modules = ['pyrovae.frechet']\n")
+    (src / "index.md").write_text("# Page\n\n```{toctree}\napi/index\n```\n\n"
+                                  "$$ d = \\|\\mu_1 - \\mu_2\\|^2 $$\n\n"
+                                  "Computed by {py:func}`pyrovae.frechet.frechet_distance_gaussians` and\n"
+                                  "{py:func}`pyrovae.frechet.no_such_function`.\n")
+    (src / "api" / "index.rst").write_text("API\n===\n\n.. pyrovae-api:: pyrovae.frechet\n")
+    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(src), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "'pyrovae.frechet.no_such_function' names nothing documented" in proc.stderr
+    assert "frechet_distance_gaussians'" not in proc.stderr  # the good link resolved
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert 'href="api/index.html#pyrovae.frechet.frechet_distance_gaussians"' in page

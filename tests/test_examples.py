@@ -2,7 +2,11 @@
 
 import argparse
 import importlib.util
+import runpy
+import sys
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -15,9 +19,23 @@ def _load(name):
 
 
 def _args(**kw):
-    base = dict(dataset="embedded", data_dir=None, epochs=1, latent_dim=4, hidden=[32], test_size=60,
-                num_samples=20, seed=0, progress=False)
+    base = dict(dataset="embedded", data_dir=None, epochs=1, latent_dim=4, hidden=[32], train_size=1000,
+                test_size=60, num_samples=20, seed=0, progress=False)
     return argparse.Namespace(**{**base, **kw})
+
+
+def test_every_example_takes_the_shared_small_run_flags(capsys, monkeypatch):
+    """The docs' gallery runs each script with --train-size (pyrovae.data.add_data_arguments)."""
+    scripts = sorted(EXAMPLES.glob("*.py"))
+    assert len(scripts) >= 9
+    for script in scripts:
+        monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+        with pytest.raises(SystemExit) as stop:  # argparse exits after printing the help; nothing is trained
+            runpy.run_path(str(script), run_name="__main__")
+        assert stop.value.code == 0, script.name
+        usage = capsys.readouterr().out
+        for flag in ("--train-size", "--test-size", "--dataset", "--data-dir"):
+            assert flag in usage, (script.name, flag)
 
 
 def test_swap_likelihood_ranks_the_8bit_models_and_sets_the_bernoulli_apart(capsys):

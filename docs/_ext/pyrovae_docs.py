@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODULES = [
     "pyrovae", "pyrovae.infer", "pyrovae.infer.*", "pyrovae.models", "pyrovae.models.*", "pyrovae.likelihoods",
-    "pyrovae.priors", "pyrovae.data", "pyrovae.diagnostics", "pyrovae.frechet", "pyrovae.scoring",
+    "pyrovae.priors", "pyrovae.data", "pyrovae.text", "pyrovae.diagnostics", "pyrovae.frechet", "pyrovae.scoring",
     "pyrovae.config", "pyrovae.runs", "pyrovae.nets", "pyrovae.distributions", "pyrovae.plots", "pyrovae.io",
 ]
 
@@ -270,6 +270,27 @@ def split_multi_params(app, what, name, obj, options, lines):
     lines[:] = out
 
 
+def drop_inherited_init_doc(app, what, name, obj, options, lines):
+    """A class whose ``__init__`` has no docstring of its own would show its base's under
+    ``autoclass_content = "both"``: ``nn.Module``'s "Initialize internal Module state" on every model."""
+    if what != "class" or not inspect.isclass(obj):
+        return
+    for klass in obj.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or not getattr(init, "__doc__", None):
+            continue
+        if klass.__module__.split(".")[0] == "pyrovae":
+            return  # the class's own (or a pyrovae base's) constructor documentation
+        doc = [line.strip() for line in inspect.cleandoc(init.__doc__).splitlines()]
+        break
+    else:
+        return
+    for i in range(len(lines) - len(doc), -1, -1):
+        if [line.strip() for line in lines[i:i + len(doc)]] == doc:
+            del lines[i:i + len(doc)]
+            return
+
+
 # --- references by any public path ------------------------------------------------------------------
 
 def documented_name(env, target, module=None, cls=None):
@@ -309,14 +330,23 @@ def documented_name(env, target, module=None, cls=None):
 
 
 def resolve_missing(app, env, node, contnode):
+    """A ``py`` reference by any public path, or by the wrong role (``{py:func}`` of a class).
+
+    On the guide's pages (everything but ``api/``) a reference that names nothing documented is a
+    warning, so that `make docs` (``-W``) fails on a broken equation-to-code link; Sphinx itself
+    only warns with ``nitpicky``, which would also flag every torch type of the API pages."""
     if node.get("refdomain") != "py":
         return None
     target = node.get("reftarget", "")
+    refdoc = node.get("refdoc", env.docname)
     name = documented_name(env, target, node.get("py:module"), node.get("py:class"))
-    if name is None or name == target:
-        return None
-    return env.get_domain("py").resolve_xref(env, node.get("refdoc", env.docname), app.builder, "obj", name,
-                                             node, contnode)
+    resolved = None
+    if name is not None:
+        resolved = env.get_domain("py").resolve_xref(env, refdoc, app.builder, "obj", name, node, contnode)
+    if resolved is None and not refdoc.startswith("api/"):
+        logger.warning(f"{target!r} names nothing documented in the API reference", location=node,
+                       type="pyrovae", subtype="ref")
+    return resolved
 
 
 # --- inline code that names a page, an example or a Python object becomes a link --------------------
@@ -395,6 +425,7 @@ def setup(app):
     app.add_config_value("pyrovae_guide_exclude", [], "env")
     app.add_directive("pyrovae-api", ApiDirective)
     app.connect("autodoc-process-docstring", split_multi_params, priority=400)  # before the typehints
+    app.connect("autodoc-process-docstring", drop_inherited_init_doc)
     app.connect("missing-reference", resolve_missing)
     app.connect("env-purge-doc", purge_rendered)
     app.connect("env-check-consistency", check_rendered)

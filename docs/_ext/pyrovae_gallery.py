@@ -10,7 +10,8 @@ folder; ``docs/gallery/`` is generated and ignored by git. The scripts keep thei
 conventions: nothing of sphinx-gallery's (``plot_*.py``, ``README.txt``) is needed.
 
 A script runs in a forked copy of the Sphinx process (torch and pyrovae already imported: no
-seconds of imports per example), or in a subprocess where ``fork`` is unavailable. A script that
+seconds of imports per example), ``pyrovae_gallery_jobs`` of them at a time, or one at a time in
+a subprocess where ``fork`` is unavailable. A script that
 fails is a warning (an error under ``-W``), its page showing the traceback.
 
 Settings (docs/conf.py; the environment variables in brackets):
@@ -20,7 +21,9 @@ Settings (docs/conf.py; the environment variables in brackets):
 * ``pyrovae_gallery_only`` [``PYROVAE_DOCS_GALLERY_ONLY``]: comma-separated names: run only these
   (the others show a cached result if there is one);
 * ``pyrovae_gallery_cache`` [``PYROVAE_DOCS_CACHE``]: where runs are kept;
-* ``pyrovae_gallery_timeout``: seconds per script (default 900).
+* ``pyrovae_gallery_timeout``: seconds per script (default 900);
+* ``pyrovae_gallery_jobs`` [``PYROVAE_DOCS_JOBS``]: scripts run at a time (default 2, at most the
+  number of cores), each with an equal share of the cores as torch threads.
 """
 
 from __future__ import annotations
@@ -70,15 +73,23 @@ def _docstring(path: Path) -> str:
         return ""
 
 
+SHELL = re.compile(r"^\s*(?:python3?\s|pyrovae\s|torchrun\s|bash\s|make\s|[A-Z][A-Z_]*=)")
+
+
 def literal_blocks(doc: str) -> str:
-    """Indented blocks of a script's docstring (its commands) as literal blocks, not block quotes."""
-    lines, out = doc.split("\n"), []
+    """Indented blocks of a script's docstring as literal blocks, not block quotes: commands as
+    shell, the rest (a model and guide after ``::``) as Python. A blank line inside a block does
+    not start another."""
+    lines, out, in_block = doc.split("\n"), [], False
     for i, line in enumerate(lines):
-        starts_block = line.startswith((" ", "\t")) and line.strip() and i > 0 and not lines[i - 1].strip()
-        if starts_block:
+        indented = bool(line.strip()) and line.startswith((" ", "\t"))
+        if line.strip() and not indented:
+            in_block = False
+        if indented and not in_block and i > 0 and not lines[i - 1].strip():
+            in_block = True
             before = next((x for x in reversed(out) if x.strip()), "")
             if not before.rstrip().endswith("::"):
-                out += ["::", ""]
+                out += [".. code-block:: bash" if SHELL.match(line) else "::", ""]
         out.append(line)
     return "\n".join(out)
 
@@ -87,21 +98,15 @@ def _first_paragraph(doc: str) -> str:
     return " ".join(doc.split("\n\n", 1)[0].split())
 
 
-def _child(script: Path, argv: list[str], train_size: int | None) -> int:
+def _child(script: Path, argv: list[str]) -> int:
     """Run the script as ``__main__`` in this process; its exit status."""
     import runpy
 
     os.environ["MPLBACKEND"] = "Agg"
-    if train_size:  # quick mode for scripts without a --train-size flag: cut the training split
-        from pyrovae.data import ImageData
+    import warnings
 
-        split = ImageData.split
-
-        def cut_split(self, num_heldout, seed=0):
-            train, heldout = split(self, num_heldout, seed)
-            return (train.subset(slice(0, train_size)) if len(train) > train_size else train), heldout
-
-        ImageData.split = cut_split
+    # a warning as a reader sees it: its category and message, not the library line that raised it
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
     sys.argv = [str(script), *argv]
     try:
         runpy.run_path(str(script), run_name="__main__")
@@ -110,7 +115,8 @@ def _child(script: Path, argv: list[str], train_size: int | None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 
 
-def _run_forked(script, argv, train_size, workdir: Path, log: Path, timeout: float) -> int:
+def _fork(script, argv, workdir: Path, log: Path, threads: int) -> int:
+    """Start the script in a forked copy of this process; its pid."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -121,7 +127,10 @@ def _run_forked(script, argv, train_size, workdir: Path, log: Path, timeout: flo
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.chdir(workdir)
-            code = _child(script, argv, train_size)
+            import torch
+
+            torch.set_num_threads(threads)  # the scripts running side by side share the cores
+            code = _child(script, argv)
         except BaseException:
             traceback.print_exc()
         finally:
@@ -130,23 +139,12 @@ def _run_forked(script, argv, train_size, workdir: Path, log: Path, timeout: flo
                 sys.stderr.flush()
             finally:
                 os._exit(code)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            with open(log, "a") as f:
-                f.write(f"\n[stopped after {timeout:.0f} s: pyrovae_gallery_timeout]\n")
-            return -signal.SIGKILL
-        time.sleep(0.1)
+    return pid
 
 
-def _run_subprocess(script, argv, train_size, workdir: Path, log: Path, timeout: float) -> int:
+def _run_subprocess(script, argv, workdir: Path, log: Path, timeout: float) -> int:
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import pyrovae_gallery as g; "
-            f"sys.exit(g._child(sys.argv[1], sys.argv[2:], {train_size!r}))")
+            f"sys.exit(g._child(sys.argv[1], sys.argv[2:]))")
     with open(log, "w") as f:
         try:
             return subprocess.run([sys.executable, "-c", code, str(script), *argv], cwd=workdir, stdout=f,
@@ -156,28 +154,81 @@ def _run_subprocess(script, argv, train_size, workdir: Path, log: Path, timeout:
             return -9
 
 
-def run_example(script: Path, flags: str, train_size: int | None, cache: Path, timeout: float, mode: str) -> dict:
-    """Run one script (or reuse its cached run); the record of the run."""
-    key = hashlib.sha256(script.read_bytes() + f"\0{mode}\0{flags}\0{train_size}".encode()).hexdigest()
+def _key(script: Path, flags: str, mode: str) -> str:
+    return hashlib.sha256(script.read_bytes() + f"\0{mode}\0{flags}".encode()).hexdigest()
+
+
+def cached_record(script: Path, flags: str, cache: Path, mode: str) -> dict | None:
+    """The record of an earlier successful run of the same script text with the same flags."""
     record_file = cache / "record.json"
     if record_file.exists():
         record = json.loads(record_file.read_text())
-        if record.get("key") == key:
+        if record.get("key") == _key(script, flags, mode):
             return record
+    return None
+
+
+def _prepare(script: Path, flags: str, cache: Path) -> list[str]:
     shutil.rmtree(cache, ignore_errors=True)
     (cache / "run").mkdir(parents=True)
     argv = shlex.split(flags.replace("{out}", "out"))
     logger.info(f"gallery: running examples/{script.name} {' '.join(argv)}")
-    start = time.perf_counter()
-    runner = _run_forked if hasattr(os, "fork") and sys.platform.startswith("linux") else _run_subprocess
-    code = runner(script, argv, train_size, cache / "run", cache / "output.txt", timeout)
-    seconds = time.perf_counter() - start
+    return argv
+
+
+def _finish(script: Path, flags: str, cache: Path, mode: str, argv, code: int, seconds: float) -> dict:
     images = sorted(str(p.relative_to(cache / "run")) for p in (cache / "run").rglob("*.png"))
-    record = {"key": key, "returncode": code, "seconds": seconds, "argv": argv, "mode": mode, "images": images,
-              "train_size": train_size}
+    record = {"key": _key(script, flags, mode), "returncode": code, "seconds": seconds, "argv": argv, "mode": mode,
+              "images": images}
     if code == 0:  # a failed run is tried again next time
-        record_file.write_text(json.dumps(record, indent=1))
+        (cache / "record.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def run_examples(jobs, timeout: float, mode: str, parallel: int = 1) -> dict[str, dict]:
+    """Run each ``(script, flags, cache)`` of ``jobs`` not cached, ``parallel`` at a time (forked
+    copies of this process; one at a time in subprocesses where there is no fork); the records by
+    script name."""
+    records, pending = {}, []
+    for script, flags, cache in jobs:
+        record = cached_record(script, flags, cache, mode)
+        if record is not None:
+            records[script.stem] = record
+        else:
+            pending.append((script, flags, cache))
+    if not (hasattr(os, "fork") and sys.platform.startswith("linux")):
+        for script, flags, cache in pending:
+            argv = _prepare(script, flags, cache)
+            start = time.perf_counter()
+            code = _run_subprocess(script, argv, cache / "run", cache / "output.txt", timeout)
+            records[script.stem] = _finish(script, flags, cache, mode, argv, code, time.perf_counter() - start)
+        return records
+    parallel = max(1, min(parallel, len(pending)))
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    running = {}  # pid -> (job, argv, start)
+    while pending or running:
+        while pending and len(running) < parallel:
+            script, flags, cache = pending.pop(0)
+            argv = _prepare(script, flags, cache)
+            pid = _fork(script, argv, cache / "run", cache / "output.txt", threads)
+            running[pid] = ((script, flags, cache), argv, time.perf_counter())
+        for pid in list(running):
+            (script, flags, cache), argv, start = running[pid]
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+            elif time.perf_counter() - start > timeout:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                with open(cache / "output.txt", "a") as f:
+                    f.write(f"\n[stopped after {timeout:.0f} s: pyrovae_gallery_timeout]\n")
+                code = -signal.SIGKILL
+            else:
+                continue
+            del running[pid]
+            records[script.stem] = _finish(script, flags, cache, mode, argv, code, time.perf_counter() - start)
+        time.sleep(0.1)
+    return records
 
 
 def _write_if_changed(path: Path, text: str):
@@ -200,6 +251,19 @@ def _sync_images(record, cache: Path, target: Path) -> list[str]:
     return out
 
 
+def _wrap_command(words: list[str], width: int = 88) -> str:
+    """A shell command broken before its flags into lines of at most ``width`` characters (a long
+    one-line command scrolls sideways on the page)."""
+    lines = [words[0]]
+    for word in words[1:]:
+        if word.startswith("--") and len(lines[-1]) + 1 + len(word) > width:
+            lines[-1] += " \\"
+            lines.append("    " + word)
+        else:
+            lines[-1] += " " + word
+    return "\n".join(lines)
+
+
 def _indent(text: str, by: str = "   ") -> str:
     return "\n".join(by + line if line.strip() else "" for line in text.split("\n"))
 
@@ -215,17 +279,14 @@ def _page(name, title, doc, source_rel, record, output, images, mode, flags, rea
         lines += [f"*Not run in this build ({reason}).* Run it yourself::", "",
                   f"   python examples/{name}.py {flags}".rstrip(), ""]
     else:
-        command = " ".join(["python", f"examples/{name}.py", *map(shlex.quote, record["argv"])])
+        command = _wrap_command(["python", f"examples/{name}.py", *map(shlex.quote, record["argv"])])
         how = "with the small settings of the docs build" if record["mode"] == "quick" else "at full size"
         lines += [f"Run {how} in {record['seconds']:.0f} s (``PYROVAE_DOCS_GALLERY=full make docs`` runs the "
                   "examples at their own defaults):" if record["mode"] == "quick" else
-                  f"Run {how} in {record['seconds']:.0f} s:", "", ".. code-block:: bash", "", f"   {command}", ""]
-        if record.get("train_size"):
-            lines += [f"The docs build also cut the training split to its first {record['train_size']:,} digits "
-                      "(the script has no flag for it); the numbers are a smoke test, not results.", ""]
+                  f"Run {how} in {record['seconds']:.0f} s:", "", ".. code-block:: bash", "", _indent(command), ""]
         if record["returncode"] != 0:
             lines += [f".. error:: The script exited with status {record['returncode']}.", ""]
-        lines += [".. code-block:: text", "", _indent(output or "(no output)"), ""]
+        lines += [".. code-block:: text", "   :class: pyrovae-output", "", _indent(output or "(no output)"), ""]
         for image in images:
             lines += [f".. figure:: {image}", f"   :alt: {Path(image).name}", "", f"   ``{Path(image).name}``", ""]
     lines += ["Source", "------", "", f".. literalinclude:: {source_rel}", "   :language: python",
@@ -274,11 +335,17 @@ def generate(app):
     if unknown:
         logger.warning(f"pyrovae_gallery_examples names scripts that examples/ lacks: {', '.join(unknown)}",
                        type="pyrovae", subtype="gallery")
+    def flags_of(script):
+        return settings.get(script.stem, {}).get(mode, "" if mode == "full" else None)
+
+    to_run = [(script, flags_of(script), cache_root / mode / script.stem) for script in scripts
+              if mode != "off" and flags_of(script) is not None and runs and (not only or script.stem in only)]
+    ran = run_examples(to_run, config.pyrovae_gallery_timeout, mode, config.pyrovae_gallery_jobs)
     entries = []
     for script in scripts:
         name = script.stem
         conf = settings.get(name, {})
-        flags = conf.get(mode, "" if mode == "full" else None)
+        flags = flags_of(script)
         cache = cache_root / mode / name
         record, reason = None, ""
         if mode == "off":
@@ -286,9 +353,8 @@ def generate(app):
         elif flags is None:
             reason = "no quick settings for it in docs/conf.py's pyrovae_gallery_examples"
             logger.info(f"gallery: examples/{script.name} has no quick settings: shown without running it")
-        elif runs and (not only or name in only):
-            train_size = conf.get("quick_train_size") if mode == "quick" else None
-            record = run_example(script, flags, train_size, cache, config.pyrovae_gallery_timeout, mode)
+        elif name in ran:
+            record = ran[name]
             if record["returncode"] != 0:
                 logger.warning(f"examples/{script.name} failed (status {record['returncode']}); its output: "
                                f"{cache / 'output.txt'}", type="pyrovae", subtype="gallery")
@@ -320,5 +386,7 @@ def setup(app):
     app.add_config_value("pyrovae_gallery_only", "", "")
     app.add_config_value("pyrovae_gallery_cache", "_build/.gallery-cache", "")
     app.add_config_value("pyrovae_gallery_timeout", 900, "")
+    # scripts run side by side, each with cpu_count / jobs torch threads
+    app.add_config_value("pyrovae_gallery_jobs", min(2, os.cpu_count() or 1), "")
     app.connect("builder-inited", generate)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -30,7 +30,21 @@ class _UnscaleMessenger(Messenger):
 
 
 def unscaled(fn: Callable) -> Callable:
-    """``fn`` with every ``poutine.scale`` undone (see the module docstring)."""
+    """``fn`` with every ``poutine.scale`` undone (see the module docstring).
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyro import poutine
+    >>> from pyrovae import unscaled
+    >>> def model():
+    ...     with poutine.scale(scale=0.1):
+    ...         pyro.sample("x", dist.Normal(0.0, 1.0), obs=torch.tensor(0.0))
+    >>> poutine.trace(model).get_trace().nodes["x"]["scale"]
+    0.1
+    >>> poutine.trace(unscaled(model)).get_trace().nodes["x"]["scale"]
+    1.0
+    """
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):

@@ -145,6 +145,27 @@ class BetaELBO(_KLObjective):
     form (``TraceMeanField_ELBO``). Each site's KL is multiplied by its ``poutine.scale`` (a
     subsampled plate's factor), as in the ELBO. Latent sites may be outside the data plate
     unless ``free_bits`` is set. See the module docstring for the sum-over-datapoints convention.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch, pyrovae
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    ...         pyro.sample("x", dist.Normal(z.sum(-1), 1.0), obs=x)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(torch.ones(x.shape[0], 2), 0.5).to_event(1))
+    >>> x = torch.zeros(3)
+    >>> objective = pyrovae.BetaELBO(beta=4.0)
+    >>> pyro.set_rng_seed(0)
+    >>> terms = objective.terms(model, guide, x)
+    >>> round(terms["kl"].item(), 3), terms["beta"]
+    (4.909, tensor(4.))
+    >>> pyro.set_rng_seed(0)
+    >>> loss = objective.differentiable_loss(model, guide, x)
+    >>> torch.allclose(loss, -terms["reconstruction"] + 4.0 * terms["kl"])
+    True
     """
 
     def __init__(
@@ -241,6 +262,27 @@ class CapacityELBO(_KLObjective):
     KL terms are not scaled (γ and :math:`C` are their weights). All guide sites must be
     reparameterised and inside ``pyro.plate(plate_name)``; ``weighted = True`` makes the trainer
     record the true ELBO beside this objective.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch, pyrovae
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    ...         pyro.sample("x", dist.Normal(z.sum(-1), 1.0), obs=x)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(torch.ones(x.shape[0], 2), 0.5).to_event(1))
+    >>> x = torch.zeros(3)
+    >>> objective = pyrovae.CapacityELBO(gamma=10.0, capacities={"z": 1.0})
+    >>> pyro.set_rng_seed(0)
+    >>> terms = objective.terms(model, guide, x)
+    >>> round(terms["kl.z"].item(), 3), terms["capacity.z"]
+    (1.636, tensor(1.))
+    >>> pyro.set_rng_seed(0)
+    >>> loss = objective.differentiable_loss(model, guide, x)
+    >>> torch.allclose(loss, -terms["reconstruction"] + 10.0 * 3 * (terms["kl.z"] - 1.0).abs())
+    True
     """
 
     weighted = True
@@ -373,7 +415,19 @@ def kl_weighting(
     """The objective and per-step schedules for a run's KL settings (the ``--beta``, ``--kl-anneal``,
     ``--capacity`` and ``--free-bits`` flags): :class:`BetaELBO` with β times ``kl_anneal(step)``
     when annealed, or :class:`CapacityELBO` over all latents with :math:`C` ramped linearly from 0
-    to ``capacity = (C_max, steps)``. Capacity replaces β, so the two are not combined."""
+    to ``capacity = (C_max, steps)``. Capacity replaces β, so the two are not combined.
+
+    Example:
+
+    >>> from pyrovae import linear
+    >>> from pyrovae.infer import kl_weighting
+    >>> objective, schedules = kl_weighting(beta=2.0, kl_anneal=linear(0.0, 1.0, steps=100))
+    >>> type(objective).__name__, sorted(schedules)
+    ('BetaELBO', ['beta'])
+    >>> objective, schedules = kl_weighting(capacity=(25.0, 1000), gamma=30.0)
+    >>> type(objective).__name__, schedules["capacity"](500)
+    ('CapacityELBO', 12.5)
+    """
     if capacity is not None:
         if beta != 1.0 or kl_anneal is not None or free_bits is not None:
             raise ValueError("capacity control replaces the KL weight: give capacity= alone, not with beta=, "

@@ -129,6 +129,17 @@ class AutoEncoder(nn.Module):
     :param sparsity_weight: sparse: ``beta`` (KL) or ``lambda`` (L1) in nats per datapoint;
         ``None``: 3 for KL (Ng), ``1e-4 * data_dim`` for L1.
     :param contraction_weight: contractive: ``lambda`` of the squared Frobenius norm of dz/dx.
+
+    Example:
+
+    >>> import math, pyro, torch
+    >>> from pyrovae.models import AutoEncoder
+    >>> ae = AutoEncoder(kind="denoising", latent_dim=2, hidden=[16])
+    >>> x = torch.bernoulli(torch.full((4, 784), 0.5), generator=torch.Generator().manual_seed(0))
+    >>> ae.encode(x).shape, ae.reconstruct(x).shape
+    (torch.Size([4, 2]), torch.Size([4, 784]))
+    >>> math.isfinite(pyro.infer.Trace_ELBO().loss(ae.model, ae.guide, x))
+    True
     """
 
     data_space = "binary-dynamic"

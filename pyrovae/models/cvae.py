@@ -145,6 +145,16 @@ class QuadrantCVAE(_Completion):
 
     :param latent_dim: dimension of ``z`` (200, as Pyro's tutorial).
     :param hidden: hidden widths of the prior, recognition and generation networks.
+
+    Example:
+
+    >>> import pyrovae
+    >>> from pyrovae.models import QuadrantCVAE
+    >>> cvae = QuadrantCVAE(quadrants=2, latent_dim=2, hidden=[16])
+    >>> x = pyrovae.load_embedded_mnist().subset(slice(0, 3)).with_space("grey").observations()
+    >>> res = pyrovae.log_marginal_likelihood(cvae.model, cvae.guide, x, num_samples=5)
+    >>> res.log_px.shape, cvae.complete(x).shape
+    (torch.Size([3]), torch.Size([3, 784]))
     """
 
     def __init__(
@@ -199,7 +209,18 @@ class QuadrantCVAE(_Completion):
 
 class QuadrantNN(_Completion):
     """The deterministic baseline: ``y ~ Bernoulli(f(x_given))``, an MLP with no latent variable
-    (Pyro's tutorial: 784-500-500-784 on masked images), trained by the same SVI loop."""
+    (Pyro's tutorial: 784-500-500-784 on masked images), trained by the same SVI loop.
+
+    Example:
+
+    >>> import pyrovae
+    >>> from pyrovae.models import QuadrantNN
+    >>> net = QuadrantNN(quadrants=1, hidden=[16])
+    >>> x = pyrovae.load_embedded_mnist().subset(slice(0, 3)).with_space("grey").observations()
+    >>> res = pyrovae.log_marginal_likelihood(net.model, net.guide, x, num_samples=5)
+    >>> res.log_px.shape
+    torch.Size([3])
+    """
 
     def __init__(
         self,
@@ -240,6 +261,16 @@ class LabelCVAE(nn.Module):
     """A CVAE that generates digits of a given label: p(z) p(x | y, z), q(z | x, y).
 
     :param classes: number of labels (10 for MNIST); labels are ``0 .. classes - 1``.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> from pyrovae.models import LabelCVAE
+    >>> cvae = LabelCVAE(latent_dim=2, hidden=[16])
+    >>> x = torch.bernoulli(torch.full((2, 784), 0.5), generator=torch.Generator().manual_seed(0))
+    >>> res = pyrovae.log_marginal_likelihood(cvae.model, cvae.guide, x, torch.tensor([3, 7]), num_samples=5)
+    >>> res.log_px.shape, cvae.generate(4).shape
+    (torch.Size([2]), torch.Size([4, 784]))
     """
 
     data_space = "binary-dynamic"

@@ -74,6 +74,18 @@ class JointVAE(nn.Module):
     :param capacity_steps: steps (minibatches) of the linear ramps from 0 (Dupont: 25,000).
     :param image_shape: shape of one image for pictures.
     :param name: prefix of the parameter and factor names.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> from pyrovae.models import JointVAE
+    >>> vae = JointVAE(latent_dim=2, categories=3, hidden=(16,))
+    >>> type(vae.default_objective()).__name__, sorted(vae.training_schedules())
+    ('CapacityELBO', ['jointvae.capacity_c', 'jointvae.capacity_z'])
+    >>> x = torch.bernoulli(torch.full((4, 784), 0.5), generator=torch.Generator().manual_seed(0))
+    >>> res = pyrovae.log_marginal_likelihood(vae.model, vae.guide, x, num_samples=5)
+    >>> res.log_px.shape
+    torch.Size([4])
     """
 
     data_space = "binary-dynamic"

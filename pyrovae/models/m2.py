@@ -218,6 +218,21 @@ class M2(nn.Module):
     :param aux_loss_multiplier: α, the weight of the classification term on labelled rows.
     :param num_classes: C, labels are ``0 .. C - 1``.
     :param label_seed: seed of the choice of labelled images.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> from pyrovae.data import as_tensors
+    >>> from pyrovae.models import M2
+    >>> m2 = M2(num_labels=20, latent_dim=2, hidden=[16])
+    >>> digits = pyrovae.load_embedded_mnist().subset(slice(0, 100))
+    >>> x, y, labelled = as_tensors(m2.prepare_data(digits), torch.Generator().manual_seed(0))
+    >>> int(labelled.sum()), m2.classify(x[:5]).shape
+    (20, torch.Size([5]))
+    >>> unlabelled = torch.zeros(4, dtype=torch.bool)
+    >>> res = pyrovae.log_marginal_likelihood(m2.model, m2.guide, x[:4], y[:4], unlabelled, num_samples=5)
+    >>> res.log_px.shape
+    torch.Size([4])
     """
 
     data_space = "binary-dynamic"

@@ -58,6 +58,16 @@ class MixtureVAE(nn.Module):
     :param learn_weights: learn the mixing weights :math:`\\pi` (else uniform, as GMVAE; learned
         weights tend to empty components early in training).
     :param init_spread: standard deviation of the initial component means.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> from pyrovae.models import MixtureVAE
+    >>> mix = MixtureVAE(data_dim=4, image_shape=(2, 2), components=3, latent_dim=2, hidden=[8])
+    >>> x = torch.bernoulli(torch.full((5, 4), 0.5), generator=torch.Generator().manual_seed(0))
+    >>> res = pyrovae.log_marginal_likelihood(mix.model, mix.guide, x, num_samples=10)
+    >>> res.log_px.shape, mix.class_posterior(x).shape
+    (torch.Size([5]), torch.Size([5, 3]))
     """
 
     data_space = "binary-dynamic"

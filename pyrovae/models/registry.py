@@ -119,7 +119,21 @@ def register_model(
     configure: Callable[[dict[str, Any], str | None, int], dict[str, Any]] | None = None,
 ) -> ModelEntry:
     """Add ``cls`` to the zoo as ``name`` (``pyrovae train --model name``); ``cls`` must provide
-    the :class:`PyroModel` members and take ``data_args`` in its constructor."""
+    the :class:`PyroModel` members and take ``data_args`` in its constructor.
+
+    Example:
+
+    >>> import pyrovae
+    >>> from pyrovae.models import MODELS, register_model
+    >>> class Small(pyrovae.VAE):
+    ...     def __init__(self, data_dim=784, image_shape=(28, 28), latent_dim=2):
+    ...         super().__init__(data_dim=data_dim, latent_dim=latent_dim, hidden=[16], image_shape=image_shape)
+    >>> entry = register_model("small-vae", Small, "a VAE with one hidden layer of 16 units")
+    >>> model = pyrovae.build_model(pyrovae.RunConfig(model="small-vae"), pyrovae.load_embedded_mnist())
+    >>> type(model).__name__, model.latent_dim
+    ('Small', 2)
+    >>> del MODELS["small-vae"]
+    """
     missing = [m for m in PROTOCOL if not hasattr(cls, m)]
     taken = inspect.signature(cls.__init__).parameters
     missing += [f"__init__({a}=...)" for a in data_args if a not in taken]
@@ -131,6 +145,17 @@ def register_model(
 
 
 def model_entry(name: str) -> ModelEntry:
+    """The registered :class:`ModelEntry` of ``name``, or a :class:`~pyrovae.ConfigError` listing the names.
+
+    Example:
+
+    >>> from pyrovae.models import MODELS, model_entry
+    >>> entry = model_entry("mixture")
+    >>> entry.cls.__name__, entry.option_defaults()["components"]
+    ('MixtureVAE', 10)
+    >>> "vae" in MODELS and MODELS["vae"].cls.__name__
+    'VAE'
+    """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name]
@@ -138,7 +163,16 @@ def model_entry(name: str) -> ModelEntry:
 
 def build_model(config: RunConfig, data: ImageData | None = None) -> Any:
     """The model a run configuration describes, sized by ``data`` when given (and recorded in
-    ``config``: ``data_dim``, ``image_shape``, the resolved ``model_options`` and ``data_space``)."""
+    ``config``: ``data_dim``, ``image_shape``, the resolved ``model_options`` and ``data_space``).
+
+    Example:
+
+    >>> import pyrovae
+    >>> config = pyrovae.RunConfig(model="vae", model_options={"latent_dim": 2, "hidden": [8]})
+    >>> vae = pyrovae.build_model(config, pyrovae.load_embedded_mnist().subset(slice(0, 10)))
+    >>> type(vae).__name__, vae.latent_dim, config.data_dim, config.image_shape
+    ('VAE', 2, 784, [28, 28])
+    """
     entry = model_entry(config.model)
     if data is not None:
         config.data_dim, config.image_shape = data.data_dim, list(data.image_shape)

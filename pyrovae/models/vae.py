@@ -53,6 +53,21 @@ class VAE(nn.Module):
     :param prior: a :class:`~pyrovae.priors.Prior` or its name.
     :param image_shape: shape of one observation for pictures (``(H, W)`` or ``(C, H, W)``).
     :param name: prefix of the parameter names in Pyro's param store.
+
+    Example:
+
+    >>> import pyro, torch, pyrovae
+    >>> vae = pyrovae.VAE(data_dim=4, latent_dim=2, hidden=[8], image_shape=(2, 2))
+    >>> x = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    >>> guide = pyro.poutine.trace(vae.guide).get_trace(x)
+    >>> model = pyro.poutine.trace(pyro.poutine.replay(vae.model, trace=guide)).get_trace(x)
+    >>> guide.nodes["z"]["value"].shape, model.nodes["x"]["value"].shape
+    (torch.Size([2, 2]), torch.Size([2, 4]))
+    >>> vae.generate(3).shape, vae.reconstruct(x).shape
+    (torch.Size([3, 4]), torch.Size([2, 4]))
+    >>> res = pyrovae.log_marginal_likelihood(vae.model, vae.guide, x, num_samples=10)
+    >>> res.log_px.shape, bool((res.log_px < 0).all())
+    (torch.Size([2]), True)
     """
 
     def __init__(
