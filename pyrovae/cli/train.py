@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import time
 from pathlib import Path
@@ -13,10 +14,12 @@ import torch
 from ..config import DEFAULTS, RunConfig
 from ..data import DATA_ENV, DATA_SPACES, DATASETS, as_tensors
 from ..infer import OBJECTIVES, Trainer, TrainingError
+from ..infer.distributed import World, close_distributed, from_main, init_distributed, together
 from ..infer.weighted import parse_anneal, parse_capacity
 from ..io import write_csv
 from ..likelihoods import LIKELIHOODS
 from ..models import MODELS, build_model, model_entry
+from ..models.text import TEXT_OUTPUTS
 from ..nets import ACTIVATIONS
 from ..priors import PRIORS
 from ..runs import (
@@ -31,6 +34,7 @@ from ..runs import (
     restore_module,
     save_checkpoint,
 )
+from ..text import TEXT_DATASETS
 from .common import (
     CLIError,
     at_least,
@@ -65,9 +69,10 @@ def add_parser(sub) -> None:
     )
     d = p.add_argument_group("data")
     d.add_argument(
-        "--dataset", default=DEFAULTS.dataset, choices=["embedded", *DATASETS],
+        "--dataset", default=DEFAULTS.dataset, choices=["embedded", *DATASETS, *TEXT_DATASETS],
         help="'embedded' is the 10,000 MNIST digits shipped with pyrovae (offline); mnist and "
-        "fashion-mnist are read through torchvision",
+        "fashion-mnist are read through torchvision; ptb is Mikolov's Penn Treebank text (<data-dir>/PTB/, "
+        "for --model text-vae, text-lm, text-bow)",
     )
     d.add_argument(
         "--data-dir", default=DEFAULTS.data_dir,
@@ -117,7 +122,11 @@ def add_parser(sub) -> None:
         "--max-minutes", type=positive_float, default=None,
         help="stop at the first epoch end after this much training time (resume later with --resume)",
     )
-    o.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="minibatch size")
+    o.add_argument(
+        "--batch-size", type=positive_int, default=DEFAULTS.batch_size,
+        help="minibatch size (under torchrun the global batch, shared out over the processes; the lr needs no "
+        "change with their number)",
+    )
     o.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help="Adam learning rate")
     o.add_argument(
         "--lr-decay", type=positive_float, default=DEFAULTS.lr_decay,
@@ -225,42 +234,59 @@ def cmd_train(args) -> None:
     elif run.exists() and not run.is_dir():
         raise CLIError(f"--out {run} is a file, not a folder")
     config = None if args.resume else config_from_args(args)  # flag errors before any lock or folder
+    # under torchrun: this process's place among the data-parallel processes (None: alone)
+    world = init_distributed()
+    try:
+        _train(args, from_main(world, run), config, world)
+    finally:
+        if world is not None:
+            close_distributed()
+
+
+def _train(args, run: Path, config: RunConfig | None, world: World | None) -> None:
+    main = world is None or world.main  # rank 0 prints and writes; the others train and read
+    say = print if main else _silent
     # every look at the folder happens under its lock, after a killed writer's leftovers are undone
-    with RunFolder(run, fresh=not args.resume) as folder:
-        if args.resume:
-            if not (run / CHECKPOINT).exists():
-                raise CLIError(
-                    f"{run} holds no checkpoint to resume (no epoch of it completed); start it again with "
-                    f"--out {run} --overwrite"
-                )
-            config = load_config(run)
-            config.epochs = args.epochs
-            if "device" in getattr(args, "given", ()):
-                config.device = args.device
-            config.validate()
-        else:
-            _check_replaceable(run, args.overwrite)
-        dev = device(config.device)
-        train, heldout = load_run_data(config)
-        pyro.clear_param_store()
-        pyro.set_rng_seed(config.seed)
-        model = build_model(config, train).to(dev)
-        trainer = build_trainer(model, config)
-        print(describe(train, heldout, config.data_space))
-        # Check data before anything is written, so a bad input leaves no run folder behind.
-        first = as_tensors(model.prepare_data(train), torch.Generator().manual_seed(0), dev, "training data")
-        model.check_data(*first, what="training data")
-        if args.resume:
-            _resume(run, model, trainer, first, config, dev)
+    with _open_folder(run, not args.resume, world) as folder:
+        with together(world, "while setting up the run"):  # a failure on one process ends all
+            if args.resume:
+                if not (run / CHECKPOINT).exists():
+                    raise CLIError(
+                        f"{run} holds no checkpoint to resume (no epoch of it completed); start it again with "
+                        f"--out {run} --overwrite"
+                    )
+                config = load_config(run)
+                config.epochs = args.epochs
+                if "device" in getattr(args, "given", ()):
+                    config.device = args.device
+                config.validate()
+            else:
+                _check_replaceable(run, args.overwrite)
+            dev = device(config.device)
+            train, heldout = load_run_data(config)
+            pyro.clear_param_store()
+            pyro.set_rng_seed(config.seed)
+            model = build_model(config, train).to(dev)
+            trainer = build_trainer(model, config)
+            say(describe(train, heldout, config.data_space))
+            if world is not None:
+                say(f"data-parallel over {world.size} processes: --batch-size {config.batch_size} is the global "
+                    f"batch ({config.batch_size // world.size}-{-(-config.batch_size // world.size)} rows each)")
+            # Check data before anything is written, so a bad input leaves no run folder behind.
+            first = as_tensors(model.prepare_data(train), torch.Generator().manual_seed(0), dev, "training data")
+            model.check_data(*first, what="training data")
+        if args.resume:  # outside the block above: setting up the trainer is a collective
+            _resume(run, model, trainer, first, config, dev, say)
             if trainer.epoch >= config.epochs:
-                print(f"{run} has trained {trainer.epoch} epochs already; --epochs {config.epochs} asks for no more")
+                say(f"{run} has trained {trainer.epoch} epochs already; --epochs {config.epochs} asks for no more")
                 return
 
         def save(tr: Trainer, record: dict) -> None:
             # the run exists from its first completed epoch on: config, checkpoint, metrics, then commit
-            config.save(folder.dir / CONFIG)
-            save_checkpoint(folder.dir, {"trainer": tr.state_dict(), "module": model.state_dict()})
-            write_csv(folder.dir / METRICS, tr.history)
+            if main:
+                config.save(folder.dir / CONFIG)
+                save_checkpoint(folder.dir, {"trainer": tr.state_dict(), "module": model.state_dict()})
+                write_csv(folder.dir / METRICS, tr.history)
             folder.commit()
 
         start = time.perf_counter()
@@ -281,11 +307,12 @@ def cmd_train(args) -> None:
                 )
             raise CLIError(f"{err}; {kept}") from None
         if not folder.committed:
-            print("no epoch completed within --max-minutes" + ("" if args.resume else "; no run folder was written"))
+            say("no epoch completed within --max-minutes" + ("" if args.resume else "; no run folder was written"))
             return
-        model.write_pictures(folder.dir, heldout, trainer.history, config.seed)
+        if main:
+            model.write_pictures(folder.dir, heldout, trainer.history, config.seed)
     last = trainer.history[-1] if trainer.history else {}
-    print(
+    say(
         f"done in {time.perf_counter() - start:.0f} s: held-out ELBO "
         f"{last.get('heldout_elbo', float('nan')):.2f} nats/image after {trainer.epoch} epochs; run folder {run}"
     )
@@ -302,7 +329,9 @@ def _check_replaceable(run: Path, overwrite: bool) -> None:
     foreign = sorted(
         p.name for p in run.iterdir()
         if not (p.is_file() and (p.name in RUN_FILES or p.suffix == ".png" or p.name.startswith("evaluation-K")
-                                 or p.name == "diagnostics.json" or p.name.endswith(".tmp")))
+                                 or p.name == "diagnostics.json" or p.name.endswith(".tmp")
+                                 or p.name in TEXT_OUTPUTS
+                                 or (p.name.startswith("samples-seed") and p.suffix == ".txt")))
     )
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -314,11 +343,40 @@ def _check_replaceable(run: Path, overwrite: bool) -> None:
         raise CLIError(f"{run} already holds a run; continue it with --resume {run}, or pass --overwrite")
 
 
-def _resume(run: Path, model, trainer: Trainer, first, config: RunConfig, dev) -> None:
+def _resume(run: Path, model, trainer: Trainer, first, config: RunConfig, dev, say=print) -> None:
     state = load_checkpoint(run, dev)
     restore_module(model, state, run)
     try:
         trainer.load_state_dict(state["trainer"], *(t[: config.batch_size] for t in first))
     except (KeyError, ValueError) as err:
         raise CLIError(f"{run / CHECKPOINT} does not fit this run's trainer ({err})") from None
-    print(f"resuming {run} after epoch {trainer.epoch}")
+    say(f"resuming {run} after epoch {trainer.epoch}")
+
+
+def _silent(*args, **kwargs) -> None:
+    """``print`` on every process but rank 0 of a data-parallel run."""
+
+
+class _Follower:
+    """The run folder as a process other than rank 0 sees it: rank 0 holds the lock and writes;
+    this one reads (a resumed checkpoint) and follows rank 0's commits."""
+
+    def __init__(self, path: Path) -> None:
+        self.dir, self.committed = path, False
+
+    def commit(self) -> None:
+        self.committed = True
+
+
+@contextlib.contextmanager
+def _open_folder(run: Path, fresh: bool, world: World | None):
+    """The :class:`RunFolder` of rank 0 (or of the only process); the others wait until rank 0
+    holds it (its lock, a killed writer's leftovers undone) before they read anything in it."""
+    if world is None:
+        with RunFolder(run, fresh=fresh) as folder:
+            yield folder
+        return
+    with contextlib.ExitStack() as stack:
+        with together(world, f"while opening {run}"):
+            folder = stack.enter_context(RunFolder(run, fresh=fresh)) if world.main else _Follower(run)
+        yield folder

@@ -19,9 +19,12 @@ each epoch, recorded when the objective is weighted), are computed without them.
 
 The optimiser is ``torch.optim.Adam`` over every parameter the pair registers (with
 ``pyro.module`` or ``pyro.param``), found by one traced run: it is what ``pyro.optim.Adam``
-wraps, applied once instead of once per parameter tensor. With ``jit=True`` the loss is
-compiled by ``torch.jit.trace`` per input shape (:mod:`pyrovae.infer.jit`), checked against
-the eager loss, and left eager with a warning where it cannot be trusted.
+wraps, applied once instead of once per parameter tensor, and fused (``fused=True``: one kernel
+per tensor, where torch has one for the parameters' device and dtype) -- on our CPU the default
+loop of a dozen elementwise passes took as long as a quarter of a step (docs/benchmarks.md).
+With ``jit=True`` the loss is compiled by ``torch.jit.trace`` per input shape
+(:mod:`pyrovae.infer.jit`), checked against the eager loss, and left eager with a warning where
+it cannot be trusted.
 """
 
 from __future__ import annotations
@@ -43,6 +46,17 @@ from pyro import poutine
 from .._text import first_line
 from ..config import DEFAULTS
 from ..data import DataError, ImageData, as_tensors, heldout_generator, minibatches
+from .distributed import (
+    World,
+    all_reduce_step,
+    any_rank,
+    broadcast_parameters,
+    current_world,
+    peer_failure,
+    rank_seed,
+    shard,
+    together,
+)
 from .factors import Schedule, factors, set_factor
 from .handlers import cuda_devices, inspect_pair, restores_global_state, unscaled
 from .importance import ContractError, guess_max_plate_nesting
@@ -79,6 +93,10 @@ class Trainer:
         observes (e.g. its likelihood's data space).
     :param schedules: ``{name: schedule}``; before each step, factor ``name`` is set to
         ``schedule(step)`` (:mod:`pyrovae.infer.factors`).
+    :param distributed: train data-parallel over the initialised ``torch.distributed`` process
+        group (:mod:`pyrovae.infer.distributed`): ``None`` whenever one of more than one
+        process is initialised, ``False`` never (independent trainers in each process), ``True`` always (an
+        error without a group).
 
     When ``model`` is a method of an object with ``check_data`` / ``prepare_data`` (a
     :class:`~pyrovae.VAE`), those are used unless given.
@@ -99,6 +117,7 @@ class Trainer:
         check_data: Callable[..., None] | None = None,
         prepare_data: Callable[[ImageData], Any] | None = None,
         schedules: Mapping[str, Schedule] | None = None,
+        distributed: bool | None = None,
     ) -> None:
         _require(lr > 0, f"lr= must be positive, not {lr}")
         _require(lr_decay > 0, f"lr_decay= must be positive, not {lr_decay}")
@@ -116,6 +135,9 @@ class Trainer:
         self.lr, self.lr_decay, self.clip_norm, self.jit = lr, lr_decay, clip_norm, jit
         self.max_plate_nesting = max_plate_nesting
         self.schedules = dict(schedules or {})
+        self.distributed = distributed
+        self.world: World | None = None  # the data-parallel processes, found at set-up
+        self._agreed_stop = False
         self.param_names: list[str] = []
         self.params: list[torch.Tensor] = []
         self.optimizer: torch.optim.Optimizer | None = None
@@ -162,7 +184,8 @@ class Trainer:
         self.params = [store.get_param(n).unconstrained() for n in self.param_names]
         if not self.params:
             raise ValueError("the model and guide register no parameters (pyro.module/param)")
-        self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
+        self._join_world()
+        self.optimizer = _adam(self.params, self.lr)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, self.lr_decay)
         if not differentiable:  # e.g. RenyiELBO: Pyro computes the gradients itself
             self._loss = None
@@ -178,6 +201,27 @@ class Trainer:
             return self.objective.differentiable_loss(self.model, self.guide, *tensors)
 
         self._loss = TracedLoss(loss, self.params) if self.jit else loss
+
+    def _find_world(self) -> World | None:
+        """The data-parallel processes this trainer trains with (``None``: this one alone)."""
+        if self.distributed is False:
+            return None
+        world = current_world()
+        if world is None and self.distributed:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise RuntimeError(
+                    "distributed=True needs a torch.distributed process group: run under torchrun and call "
+                    "pyrovae.infer.init_distributed() (or torch.distributed.init_process_group) first"
+                )
+        return world
+
+    def _join_world(self) -> None:
+        """Find the data-parallel process group and start from rank 0's parameters."""
+        self.world = self._find_world()
+        if self.world is not None:
+            broadcast_parameters(self.world, self.params)
 
     @property
     def compiled(self) -> bool:
@@ -206,6 +250,8 @@ class Trainer:
         self.setup(*batch)
         self._apply_schedules()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.world is not None:
+            return self._step_together(batch)
         try:
             if self._loss is not None:
                 loss = self._loss(*batch)
@@ -223,6 +269,38 @@ class Trainer:
         self.optimizer.step()
         self.steps += 1
         return loss.detach()
+
+    def _step_together(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """A data-parallel step: this process's share of the global batch forward and backward,
+        then one all-reduce of gradients, loss, failure flags and stop requests, so that every
+        process takes the same decision (fail, stop, step) at the same step. Returns the global
+        loss (summed over all processes' rows)."""
+        error: BaseException | None = None
+        loss = torch.zeros(())
+        try:
+            if batch[0].shape[0] == 0:
+                pass  # an empty share of a last batch smaller than the world: zero gradients
+            elif self._loss is not None:
+                loss = self._loss(*batch)
+                loss.backward()
+            else:
+                loss = torch.tensor(self.objective.loss_and_grads(self.model, self.guide, *batch))
+        except Exception as err:  # told to the other processes before it is raised
+            error = err
+        reduced = all_reduce_step(self.world, self.params, loss, error is not None, _stop_requested)
+        if error is not None:
+            if isinstance(error, ValueError) and not all(torch.isfinite(p).all() for p in self.params):
+                raise TrainingError(f"parameters became NaN/inf ({error}); {_DIVERGED}") from None
+            raise error
+        if reduced.failed_ranks:
+            raise peer_failure(reduced.failed_ranks, self.world, "in this step")
+        self._agreed_stop = reduced.stop
+        self._check_finite(reduced.loss)
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.optimizer.step()
+        self.steps += 1
+        return reduced.loss
 
     @staticmethod
     def _check_divergence(loss: float, recent: deque) -> None:
@@ -303,9 +381,22 @@ class Trainer:
         so a resumed run sees the same data. The held-out set is drawn once with a fixed seed.
         After each epoch, ``callback`` gets the trainer and that epoch's metrics (e.g. to write
         a checkpoint). ``progress`` shows a bar per epoch, ``verbose`` prints a line per epoch.
+
+        In a ``torch.distributed`` process group (:mod:`pyrovae.infer.distributed`) every process
+        calls ``fit`` with the same arguments: ``batch_size`` is the *global* batch, shared out
+        over the processes, the gradients are summed, the metrics are those of all processes'
+        rows, and only rank 0 shows progress and prints; ``callback`` runs on every process
+        (write files on rank 0 only, ``trainer.world.main``).
         """
         _require(batch_size >= 1, f"batch_size= must be >= 1, not {batch_size}")
         _require(epochs >= 0, f"epochs= must be >= 0, not {epochs}")
+        if self.optimizer is None:
+            self.world = self._find_world()
+        if self.world is not None:
+            _require(batch_size >= self.world.size,
+                     f"batch_size= is the global batch, shared out over the {self.world.size} processes; it must "
+                     f"be at least {self.world.size}, not {batch_size}")
+            progress, verbose = progress and self.world.main, verbose and self.world.main
         device = torch.device(device) if device is not None else None
         source = self._prepare(data)
         heldout_batch = None
@@ -328,8 +419,10 @@ class Trainer:
 
         began = time.perf_counter()
         recent: deque[float] = deque(maxlen=DIVERGENCE_WINDOW)  # per-datapoint losses of the last steps
+        world = self.world
         for epoch in range(start_epoch, epochs + 1):
-            if max_seconds is not None and time.perf_counter() - began >= max_seconds:
+            late = max_seconds is not None and time.perf_counter() - began >= max_seconds
+            if late if world is None else any_rank(world, late):  # all processes stop, or none
                 break
             redraw = epoch != start_epoch and getattr(source, "fresh_each_epoch", False)
             batch = as_tensors(source, _epoch_generator(seed, epoch), device) if redraw else first
@@ -340,15 +433,23 @@ class Trainer:
             steps = math.ceil(n / batch_size)
             bar = tqdm(total=steps, disable=not progress, desc=f"epoch {epoch}/{epochs}", leave=False)
             start, total = time.perf_counter(), torch.zeros((), dtype=torch.float64)
-            for i, part in enumerate(minibatches(batch, batch_size, order_gen)):
+            batches = getattr(source, "minibatches", minibatches)  # a source's own batching (text: by length)
+            parts = ((part, part[0].shape[0]) for part in batches(batch, batch_size, order_gen))
+            if world is not None:  # every process its own noise, from (seed, epoch, rank): resumable with any world
+                pyro.set_rng_seed(rank_seed(seed, epoch, world.rank))
+                parts = _shares(parts, world)
+            for i, (part, rows) in enumerate(parts):
                 try:
                     loss = self.step(*part)
                     loss = loss.double().cpu()
-                    self._check_divergence(loss.item() / part[0].shape[0], recent)
+                    self._check_divergence(loss.item() / rows, recent)  # the global loss: the same decision
                 except TrainingError as err:
                     raise TrainingError(f"epoch {epoch}, step {i + 1}: {err}") from None
                 total += loss
-                _stop_if_requested()
+                if world is None:
+                    _stop_if_requested()
+                elif self._agreed_stop:  # a stop request that the step's all-reduce told every process
+                    _stop(now=True)
                 if i % 20 == 19 or i == steps - 1:
                     bar.set_postfix(loss=f"{total.item() / min(n, (i + 1) * batch_size):.2f}")
                 bar.update(1)
@@ -374,8 +475,12 @@ class Trainer:
             if verbose:
                 tqdm.write(_format_record(record))
             if callback is not None:
-                callback(self, record)
-            _stop_if_requested()
+                with together(world, f"in the callback after epoch {epoch}"):
+                    callback(self, record)
+            if world is None:
+                _stop_if_requested()
+            elif any_rank(world, _stop_requested):
+                _stop(now=True)
         return self.history
 
     def _heldout_metrics(self, batch: tuple[torch.Tensor, ...], seed: int) -> dict[str, float]:
@@ -396,6 +501,10 @@ class Trainer:
 
         if self._collapse is None:
             self._collapse = CollapseMonitor()
+        if self.world is not None and not self.world.main:  # the same warning from every process: rank 0's
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return self._collapse.check(self.guide, batch, self.epoch, seed)
         return self._collapse.check(self.guide, batch, self.epoch, seed)
 
     def _weighted(self, batch) -> bool:
@@ -501,10 +610,21 @@ def request_stop() -> bool:
 
 
 def _stop_if_requested() -> None:
+    _stop(_stop_requested)
+
+
+def _stop(now: bool) -> None:
     global _stop_requested
-    if _stop_requested:
+    if now:
         _stop_requested = False
         raise KeyboardInterrupt
+
+
+def _shares(parts, world: World):
+    """``(this process's rows, global batch size)`` of each ``(global minibatch, size)``: every
+    process draws the same global batches, as one process would, and keeps its own share."""
+    for part, rows in parts:
+        yield tuple(shard(t, world) for t in part), rows
 
 
 class _stoppable:
@@ -549,6 +669,18 @@ def train(
         progress=progress, verbose=verbose, callback=callback, max_seconds=max_seconds,
     )
     return trainer
+
+
+def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """``torch.optim.Adam``, fused where torch has the kernel for these parameters (CPU and CUDA
+    floating tensors): the same update, rounded differently in the last bits (a checkpoint
+    remembers which one it used, so a resumed run continues with the same)."""
+    if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, ValueError):  # a torch without the kernel for this device or dtype
+            pass
+    return torch.optim.Adam(params, lr=lr)
 
 
 def _require(ok: bool, message: str) -> None:
