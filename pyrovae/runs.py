@@ -43,6 +43,7 @@ from .infer.trainer import prepare
 from .infer.weighted import kl_weighting
 from .io import atomic_write, file_fingerprint, fingerprint, write_csv
 from .models import build_model
+from .text import TEXT_DATASETS, load_text
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 
@@ -50,9 +51,23 @@ CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 def load_run_data(config: RunConfig) -> tuple[ImageData, ImageData]:
     """The (train, held-out) images a config describes, in its data space (``None``: the
     model's). The embedded digits are split 1,000 (or ``heldout_size``) / the rest; MNIST and
-    Fashion-MNIST use their test split (cut to ``heldout_size``)."""
+    Fashion-MNIST use their test split (cut to ``heldout_size``).
+
+    Example:
+
+    >>> import pyrovae
+    >>> config = pyrovae.RunConfig(heldout_size=200, train_size=500)
+    >>> train, heldout = pyrovae.load_run_data(config)
+    >>> len(train), len(heldout)
+    (500, 200)
+    """
     space, levels = config.data_space, config.levels
-    if config.dataset == "embedded":
+    if config.dataset in TEXT_DATASETS:  # sentences (pyrovae.text): the train and test splits
+        train, heldout = load_text(config.dataset, "train", config.data_dir), load_text(config.dataset, "test",
+                                                                                        config.data_dir)
+        if config.heldout_size:
+            heldout = heldout.subset(slice(0, config.heldout_size))
+    elif config.dataset == "embedded":
         data = load_dataset("embedded").with_space(space, levels)
         train, heldout = data.split(config.heldout_size or 1000, seed=0)
     else:
@@ -75,7 +90,18 @@ def heldout_batch(model, config: RunConfig, dev) -> tuple[tuple[torch.Tensor, ..
 
 
 def build_trainer(model, config: RunConfig) -> Trainer:
-    """The trainer a config describes, for a model built by :func:`~pyrovae.models.build_model`."""
+    """The trainer a config describes, for a model built by :func:`~pyrovae.models.build_model`.
+
+    Example:
+
+    >>> import pyrovae
+    >>> config = pyrovae.RunConfig(model_options={"latent_dim": 2, "hidden": [8]}, objective="iwae", particles=3,
+    ...                            lr=0.01)
+    >>> vae = pyrovae.build_model(config, pyrovae.load_embedded_mnist())
+    >>> trainer = pyrovae.build_trainer(vae, config)
+    >>> type(trainer).__name__, trainer.objective_name, trainer.lr
+    ('Trainer', 'iwae (K=3)', 0.01)
+    """
     prior = getattr(model, "prior", None)
     if config.objective == "meanfield" and prior is not None and not getattr(prior, "closed_form_kl", True):
         raise ConfigError(
@@ -306,7 +332,25 @@ def load_config(run_dir: str | Path) -> RunConfig:
 
 
 def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, RunConfig]:
-    """The trained model of a run folder (parameters from its checkpoint) and its config."""
+    """The trained model of a run folder (parameters from its checkpoint) and its config.
+
+    Example:
+
+    >>> import tempfile, torch, pyrovae
+    >>> from pyrovae.runs import save_checkpoint
+    >>> config = pyrovae.RunConfig(model_options={"latent_dim": 2, "hidden": [8]})
+    >>> vae = pyrovae.build_model(config, pyrovae.load_embedded_mnist())
+    >>> trainer = pyrovae.build_trainer(vae, config)
+    >>> trainer.setup(torch.zeros(2, 784))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> config.save(f"{tmp.name}/config.json")
+    >>> save_checkpoint(tmp.name, {"trainer": trainer.state_dict(), "module": vae.state_dict()})
+    >>> loaded, loaded_config = pyrovae.load_model(tmp.name)
+    >>> z = torch.zeros(1, 2)
+    >>> loaded_config == config, torch.equal(loaded.decode_mean(z), vae.decode_mean(z))
+    (True, True)
+    >>> tmp.cleanup()
+    """
     model, config, _ = load_run(run_dir, map_location)
     return model, config
 

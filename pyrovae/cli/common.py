@@ -185,6 +185,9 @@ def device(name: str) -> torch.device:
 
 
 def describe(train: ImageData, heldout: ImageData, space: str) -> str:
+    if hasattr(train, "vocab"):  # text (pyrovae.text.TextData)
+        return (f"data: {train.name}; {len(train):,} training / {len(heldout):,} held-out ({heldout.name}) sentences, "
+                f"{train.num_tokens:,} training tokens with <eos>, vocabulary of {len(train.vocab):,} ids")
     origin = (
         "the first 10,000 MNIST training digits shipped with pyrovae"
         if train.name.startswith("mnist-embedded") else train.name

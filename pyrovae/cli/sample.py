@@ -11,8 +11,8 @@ import torch
 
 from ..io import atomic_write
 from ..plots import plot_samples
-from ..runs import RunFolder, heldout_batch, load_model
-from .common import positive_int, seed
+from ..runs import RunFolder, heldout_batch, load_model, load_run_data
+from .common import CLIError, positive_int, seed
 
 
 def add_parser(sub) -> None:
@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
 def cmd_sample(args) -> None:
     model, config = load_model(args.run)
     torch.manual_seed(args.seed)
+    if hasattr(model, "sample_text"):  # a text model: sentences, printed and written as text
+        _sample_text(args, model, config)
+        return
     extra = {}
     if "heldout" in inspect.signature(model.generate).parameters:  # a conditional model completes held-out inputs
         extra["heldout"] = heldout_batch(model, config, torch.device("cpu"))[0][0]
@@ -48,4 +51,18 @@ def cmd_sample(args) -> None:
         )
         if args.save_tensor:
             atomic_write(args.save_tensor, lambda f: torch.save(images, f))
+    print(f"wrote {out}")
+
+
+def _sample_text(args, model, config) -> None:
+    _, heldout = load_run_data(config)  # the vocabulary, to spell the sentences
+    model.prepare_data(heldout)
+    lines = model.sample_text(args.num, sample=args.draws, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.run) / f"samples-seed{args.seed}.txt"
+    if out.suffix == ".png":
+        raise CLIError(f"a text model's samples are sentences: give --out a .txt path, not {out}")
+    inside = out.resolve().parent == Path(args.run).resolve()
+    with RunFolder(args.run, fresh=False) if inside else contextlib.nullcontext():
+        atomic_write(out, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    print("\n".join(lines))
     print(f"wrote {out}")

@@ -6,6 +6,7 @@
 * ``m2`` -- :class:`M2`, the semi-supervised VAE of Kingma et al. (2014).
 * ``jointvae`` -- :class:`JointVAE`, continuous and relaxed discrete codes with capacity control.
 * ``autoencoder`` -- :class:`AutoEncoder`, plain, denoising, sparse and contractive baselines (no p(x)).
+* ``text-vae``, ``text-lm``, ``text-bow`` -- sentence VAE, LSTM language model, bag-of-words VAE (:mod:`.text`).
 """
 
 from .autoencoders import AutoEncoder
@@ -14,6 +15,7 @@ from .jointvae import JointVAE
 from .m2 import M2, M2Objective
 from .mixture import MixtureVAE
 from .registry import MODELS, ModelEntry, PyroModel, build_model, model_entry, register_model
+from .text import BagOfWordsVAE, TextLM, TextVAE
 from .vae import VAE, configure_vae
 
 register_model(
@@ -41,8 +43,17 @@ register_model(
     "autoencoder", AutoEncoder, "deterministic autoencoder baseline, Delta guide, no prior, no p(x): --model-opt "
     "kind=plain|denoising|sparse|contractive (Vincent et al. 2008; Ng 2011; Rifai et al. 2011)",
 )
+register_model(
+    "text-vae", TextVAE, "sentence VAE: z ~ N(0, I), LSTM decoder, Categorical over the vocabulary per token, "
+    "LSTM encoder q(z|x); word dropout (Bowman et al. 2016); --dataset ptb", data_args=("data_dim",),
+)
+register_model("text-lm", TextLM, "LSTM language model: the text-vae decoder without z; --dataset ptb",
+               data_args=("data_dim",))
+register_model("text-bow", BagOfWordsVAE, "bag-of-words VAE: z ~ N(0, I), token counts ~ "
+               "Multinomial(T, softmax(f(z))); --dataset ptb", data_args=("data_dim",))
 
 __all__ = [
     "M2", "MODELS", "VAE", "AutoEncoder", "JointVAE", "LabelCVAE", "M2Objective", "MixtureVAE", "ModelEntry",
     "PyroModel", "QuadrantCVAE", "QuadrantNN", "build_model", "model_entry", "register_model",
+    "TextVAE", "TextLM", "BagOfWordsVAE",
 ]
