@@ -119,30 +119,61 @@ class Scored:
 
 
 _SUMMARY_KEYS = ("data_space", "data_dim", "num_samples", "num_datapoints", "dataset", "heldout_seed")
-_EVALUATION = re.compile(r"^evaluation-K(\d+)(?:-first(\d+))?\.json$")
+_EVALUATION = re.compile(r"^evaluation-(?:(defensive|ais-T\d+)-)?K(\d+)(?:-first(\d+))?\.json$")
+METHODS = ("is", "defensive", "ais")
 
 
-def evaluations(run: str | Path) -> list[tuple[int, int | None, Path]]:
-    """``(K, subset or None, path)`` of every evaluation summary in a run folder."""
+def evaluation_name(num_samples: int, subset: int | None, method: str = "is", num_steps: int | None = None) -> str:
+    """``evaluation-K5000`` for importance sampling of the whole held-out set, ``-first100`` for a
+    subset (which never takes the place of a fuller evaluation), ``evaluation-defensive-K5000``
+    and ``evaluation-ais-T1000-K16`` (T steps, K chains) for the other methods."""
+    label = {"is": "", "defensive": "defensive-"}.get(method, f"ais-T{num_steps}-")
+    return f"evaluation-{label}K{num_samples}" + (f"-first{subset}" if subset else "")
+
+
+def _method_of(label: str | None) -> tuple[str, int | None]:
+    if label is None:
+        return "is", None
+    if label == "defensive":
+        return "defensive", None
+    return "ais", int(label[len("ais-T"):])
+
+
+def evaluations(run: str | Path, method: str | None = "is") -> list[tuple[int, int | None, Path]]:
+    """``(K, subset or None, path)`` of every evaluation summary by ``method`` in a run folder
+    (``method=None``: by any method)."""
+    return [e[:3] for e in _evaluations(run, method)]
+
+
+def _evaluations(run: str | Path, method: str | None) -> list[tuple[int, int | None, Path, int, str]]:
     found = []
-    for path in Path(run).glob("evaluation-K*.json"):
+    for path in Path(run).glob("evaluation-*.json"):
         m = _EVALUATION.match(path.name)
         if m:
-            found.append((int(m.group(1)), int(m.group(2)) if m.group(2) else None, path))
+            name, steps = _method_of(m.group(1))
+            if method is None or name == method:
+                found.append((int(m.group(2)), int(m.group(3)) if m.group(3) else None, path, steps or 0, name))
     return found
 
 
-def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
-    """Read a run's evaluation (``.json`` and ``.csv``): the whole held-out set before a subset,
-    then the largest K (or ``num_samples``). Refuses an evaluation of another checkpoint than the
-    run's, and a summary whose CSV is not the one it was written with."""
+def load_scored(run: str | Path, num_samples: int | None = None, method: str = "is") -> Scored:
+    """Read a run's evaluation by ``method`` (``.json`` and ``.csv``): the whole held-out set before
+    a subset, then the most AIS steps, then the largest K (or ``num_samples``). Refuses an
+    evaluation of another checkpoint than the run's, and a summary whose CSV is not the one it
+    was written with."""
     run = Path(run)
-    found = [e for e in evaluations(run) if num_samples is None or e[0] == num_samples]
+    if method not in METHODS:
+        raise ComparisonError(f"method must be one of {METHODS}, not {method!r}")
+    found = [e for e in _evaluations(run, method) if num_samples is None or e[0] == num_samples]
     if not found:
-        what = f"evaluation-K{num_samples}.json" if num_samples else "evaluation-K*.json"
-        fix = f"pyrovae evaluate {run}" + (f" --num-samples {num_samples}" if num_samples else "")
-        raise ComparisonError(f"{run}: no {what}; run `{fix}` first")
-    k, subset, path = max(found, key=lambda e: (e[1] is None, e[0], e[1] or 0))
+        pattern = {"is": "evaluation-K*.json", "defensive": "evaluation-defensive-K*.json"}.get(
+            method, "evaluation-ais-T*-K*.json")
+        what = f"{pattern}" + (f" with K = {num_samples}" if num_samples else "")
+        fix = f"pyrovae evaluate {run} --method {method}" + (f" --num-samples {num_samples}" if num_samples else "")
+        others = sorted({e[4] for e in _evaluations(run, None)})
+        hint = f" (it has evaluations by {', '.join(others)}: pass --method)" if others else ""
+        raise ComparisonError(f"{run}: no {what}{hint}; run `{fix}` first")
+    k, subset, path, _, _ = max(found, key=lambda e: (e[1] is None, e[3], e[0], e[1] or 0))
     try:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -150,6 +181,7 @@ def load_scored(run: str | Path, num_samples: int | None = None) -> Scored:
     missing = [k for k in _SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
     if missing:
         raise ComparisonError(f"{path} is not a pyrovae evaluation (it lacks {missing}); run `pyrovae evaluate {run}`")
+    summary.setdefault("method", "is")  # evaluations before pyrovae 0.3 were all importance sampling
     _check_current(run, path, summary)
     scale, offset = data_scale(summary["data_space"], summary.get("levels"), summary.get("discrete_likelihood", True),
                                summary.get("scales"))
@@ -182,15 +214,32 @@ def _check_current(run: Path, path: Path, summary: dict) -> None:
         )
 
 
-def compare(runs: list[str | Path] | list[Scored], num_samples: int | None = None) -> list[dict]:
+def compare(runs: list[str | Path] | list[Scored], num_samples: int | None = None, method: str = "is") -> list[dict]:
     """Rank runs by mean test :math:`\\log p(x)` with paired standard errors of the differences.
 
     Returns one dict per run, best first: ``nats_per_image``, ``se`` (over the data),
     ``bits_per_dim``, ``diff`` (to the best, ≤ 0), ``diff_se`` (paired), ``mc_se`` of the
     difference, ``khat_over_0.7``. Raises :class:`ComparisonError` when the runs were scored
-    on different data, scales, test points or numbers of samples.
+    on different data, scales, test points, methods (importance sampling, defensive, AIS with
+    its number of steps) or numbers of samples: estimators with different biases are not ranked.
+
+    Example:
+
+    >>> import torch, pyrovae
+    >>> from pyrovae.scoring import Scored
+    >>> x = torch.bernoulli(torch.full((6, 4), 0.5), generator=torch.Generator().manual_seed(0))
+    >>> scored = []
+    >>> for name, latent_dim in [("small", 1), ("large", 3)]:
+    ...     vae = pyrovae.VAE(data_dim=4, latent_dim=latent_dim, hidden=[8], image_shape=(2, 2), name=name)
+    ...     res = pyrovae.log_marginal_likelihood(vae.model, vae.guide, x, num_samples=10)
+    ...     scored.append(Scored.from_result(name, res, "binary-dynamic", dataset="toy"))
+    >>> best, other = pyrovae.compare(scored)
+    >>> bool(best["diff"] == 0.0 and other["diff"] <= 0.0 < other["diff_se"])
+    True
+    >>> {"run", "nats_per_image", "se", "diff", "diff_se"} <= set(best)
+    True
     """
-    scored = [r if isinstance(r, Scored) else load_scored(r, num_samples) for r in runs]
+    scored = [r if isinstance(r, Scored) else load_scored(r, num_samples, method) for r in runs]
     if len(scored) < 2:
         raise ComparisonError("compare needs at least two runs")
     keys = {s.key for s in scored}
@@ -204,6 +253,13 @@ def compare(runs: list[str | Path] | list[Scored], num_samples: int | None = Non
             f"other (e.g. binarised vs grey-level images):\n{lines}\nevaluate them on the same data "
             "space (a continuous likelihood on --data-space dequantized and a categorical one on "
             "--data-space levels share the 8-bit scale)"
+        )
+    methods = {(s.summary.get("method", "is"), s.summary.get("num_steps")) for s in scored}
+    if len(methods) > 1:
+        lines = "\n".join(f"  {s.name}: {_describe_method(s.summary)}" for s in scored)
+        raise ComparisonError(
+            "these runs are scored by different estimators of log p(x), whose biases differ, so they are "
+            f"not ranked against each other:\n{lines}\nevaluate them all with one `pyrovae evaluate --method`"
         )
     ks = {s.summary["num_samples"] for s in scored}
     if len(ks) > 1:
@@ -225,11 +281,24 @@ def compare(runs: list[str | Path] | list[Scored], num_samples: int | None = Non
             "diff": d.mean(),
             "diff_se": d.std(ddof=1) / math.sqrt(n) if s is not best else 0.0,
             "mc_se": math.sqrt(np.sum(s.stderr**2 + best.stderr**2)) / n if s is not best else 0.0,
-            "khat_over_0.7": float(np.mean(s.khat > 0.7)),
+            "khat_over_0.7": float(np.mean(s.khat > 0.7)) if not np.isnan(s.khat).any() else math.nan,
             "num_samples": s.summary["num_samples"],
             "num_datapoints": n,
+            "method": _describe_method(s.summary),
         })
     return table
+
+
+def _share(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.0%}"
+
+
+def _describe_method(summary: dict) -> str:
+    method = summary.get("method", "is")
+    if method == "ais":
+        return f"AIS, T = {summary.get('num_steps')}, {summary['num_samples']} chains"
+    return {"is": "importance sampling", "defensive": "defensive importance sampling"}[method] + \
+        f", K = {summary['num_samples']}"
 
 
 def format_table(table: list[dict]) -> str:
@@ -237,7 +306,7 @@ def format_table(table: list[dict]) -> str:
     first = table[0]
     lines = [
         f"log p(x) on the `{first['scale']}` scale, {first['num_datapoints']:,} test points, "
-        f"K = {first['num_samples']}; Δ and its paired s.e. are to the best run.",
+        f"{first['method']}; Δ and its paired s.e. are to the best run.",
         "",
         "| rank | run | likelihood | prior | nats/image | s.e. | bits/dim | Δ | s.e.(Δ) | k̂ > 0.7 |",
         "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -246,7 +315,7 @@ def format_table(table: list[dict]) -> str:
         lines.append(
             f"| {i} | {r['run']} | {r['likelihood']} | {r['prior']} | {r['nats_per_image']:.2f} | "
             f"{r['se']:.2f} | {r['bits_per_dim']:.4f} | {r['diff']:.2f} | {r['diff_se']:.2f} | "
-            f"{r['khat_over_0.7']:.0%} |"
+            f"{_share(r['khat_over_0.7'])} |"
         )
     return "\n".join(lines)
 

@@ -41,3 +41,11 @@ def mnist_dir():
         if c and (Path(c) / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists():
             return Path(c)
     pytest.skip("full MNIST not available (set PYROVAE_DATA)")
+
+
+@pytest.fixture
+def lingauss():
+    """``(W, b, x, exact log p(x), posterior covariance)`` of the linear-Gaussian pair of test_importance."""
+    from test_importance import linear_gaussian
+
+    return linear_gaussian()

@@ -21,8 +21,8 @@ from pyrovae.infer import ContractError, log_importance_weights, psis_khat
 D, LATENT, SIGMA = 5, 3, 0.5
 
 
-@pytest.fixture
-def lingauss():
+def linear_gaussian():
+    """Data, parameters and exact answers of the linear-Gaussian model (the `lingauss` fixture of conftest)."""
     g = torch.Generator().manual_seed(0)
     W = torch.randn(D, LATENT, generator=g, dtype=torch.float64)
     b = torch.randn(D, generator=g, dtype=torch.float64)

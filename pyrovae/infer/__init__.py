@@ -4,11 +4,17 @@
 * :mod:`.objectives` -- the objective registry and :class:`IWAE`;
 * :mod:`.weighted` -- objectives that weight the KL: β-VAE, warm-up, capacity, free bits;
 * :mod:`.jit` -- the compiled loss, checked against the eager one;
+* :mod:`.distributed` -- data-parallel training on ``torch.distributed`` (torchrun);
 * :mod:`.factors` -- named per-step factors (β, warm-up) and their schedules;
 * :mod:`.handlers` -- the pair without training weights (:func:`unscaled`);
-* :mod:`.importance` -- per-datapoint importance weights and :func:`log_marginal_likelihood`.
+* :mod:`.importance` -- per-datapoint importance weights and :func:`log_marginal_likelihood`;
+* :mod:`.ais` -- annealed importance sampling and BDMC (``method="ais"``, :func:`bdmc`);
+* :mod:`.defensive` -- defensive importance sampling (``method="defensive"``).
 """
 
+from .ais import AIS, BDMC, annealing_schedule, bdmc
+from .defensive import Defensive
+from .distributed import World, close_distributed, init_distributed
 from .factors import clear_factors, constant, cyclical, factor, factors, linear, set_factor
 from .handlers import unscaled
 from .importance import (
@@ -24,7 +30,12 @@ from .trainer import Trainer, TrainingError, train
 from .weighted import BetaELBO, CapacityELBO, kl_weighting
 
 __all__ = [
+    "AIS",
+    "BDMC",
+    "Defensive",
     "IWAE",
+    "annealing_schedule",
+    "bdmc",
     "BetaELBO",
     "CapacityELBO",
     "OBJECTIVES",
@@ -32,12 +43,15 @@ __all__ = [
     "MarginalLikelihood",
     "Trainer",
     "TrainingError",
+    "World",
     "check_contract",
     "clear_factors",
+    "close_distributed",
     "constant",
     "cyclical",
     "factor",
     "factors",
+    "init_distributed",
     "kl_weighting",
     "linear",
     "log_importance_weights",

@@ -51,6 +51,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyro
@@ -70,6 +71,8 @@ PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's vectorised ELBOs 
 # PSIS fits the largest min(K/5, 3 sqrt(K)) weights; ArviZ 1.x needs at least 5 of them
 MIN_PSIS_SAMPLES = 25
 DEFAULT_CHUNK_SIZE = 2**12
+KHAT_TRUST_SHARE = 0.05  # above this share of k-hat > 0.7 the standard error is not believed
+METHODS = ("is", "defensive", "ais")
 
 
 class ContractError(ValueError):
@@ -171,6 +174,27 @@ def check_contract(model: Callable, guide: Callable, x: torch.Tensor, *args, pla
     """Check the per-datapoint contract on one plain (unvectorised) run of the pair.
 
     Raises :class:`ContractError` naming the offending site; returns ``max_plate_nesting``.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyrovae.infer import ContractError, check_contract
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x / 2, 0.7))
+    >>> check_contract(model, guide, torch.zeros(3))
+    1
+    >>> def global_guide(x):  # one z shared by all rows: no per-datapoint weights
+    ...     pyro.sample("z", dist.Normal(0.0, 1.0))
+    >>> try:
+    ...     check_contract(model, global_guide, torch.zeros(3))
+    ... except ContractError as err:
+    ...     print(str(err).split(";")[0])
+    latent guide site 'z' is outside pyro.plate('data')
     """
     with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda_devices((x, *args))):
         try:
@@ -243,9 +267,56 @@ def log_importance_weights(
     for the contract. Without ``max_plate_nesting`` the contract is first checked on a plain
     run (:func:`check_contract`). ``scaled=True`` keeps the sites' ``poutine.scale`` factors
     (a weighted training objective); by default they are dropped, as :math:`p(x)` has none.
+
+    Example:
+
+    >>> import math, pyro, pyro.distributions as dist, torch, pyrovae
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):  # the exact posterior: every weight is p(x)
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)))
+    >>> x = torch.tensor([0.0, 1.0])
+    >>> log_w = pyrovae.log_importance_weights(model, guide, x, num_particles=4)
+    >>> log_w.shape
+    torch.Size([4, 2])
+    >>> torch.allclose(log_w, dist.Normal(0.0, math.sqrt(2.0)).log_prob(x).expand(4, 2), atol=1e-5)
+    True
     """
     if max_plate_nesting is None:
         max_plate_nesting = check_contract(model, guide, x, *args, plate_name=plate_name, **kwargs)
+    terms = log_joint_and_guide(model, guide, x, *args, num_particles=num_particles, plate_name=plate_name,
+                                max_plate_nesting=max_plate_nesting, scaled=scaled, **kwargs)
+    return terms.log_joint - terms.log_guide
+
+
+@dataclass
+class WeightTerms:
+    """The two halves of an importance weight, ``(num_particles, N)`` each, and the traces."""
+
+    log_joint: torch.Tensor  # log p(x_i, z_ik), enumerated sites summed out
+    log_guide: torch.Tensor  # log q(z_ik | x_i)
+    model_trace: object
+    guide_trace: object
+    particle_dim: int
+
+
+def log_joint_and_guide(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *args,
+    num_particles: int = 1,
+    plate_name: str = "data",
+    max_plate_nesting: int,
+    scaled: bool = False,
+    **kwargs,
+) -> WeightTerms:
+    r""":math:`\log p(x_i, z_{ik})` and :math:`\log q(z_{ik} \mid x_i)` of one vectorised trace
+    (see :func:`log_importance_weights`); ``guide`` may be replayed on given values
+    (``poutine.replay``), which is how annealed importance sampling moves its chains."""
     particle_dim = -max_plate_nesting - 1
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
@@ -259,26 +330,54 @@ def log_importance_weights(
         site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
         for site in model_trace.nodes.values()
     )
-    log_w = x.new_zeros((num_particles, x.shape[0]))
+    log_p = x.new_zeros((num_particles, x.shape[0]))
+    log_q = x.new_zeros((num_particles, x.shape[0]))
     for name, sign, site, data_dim in _site_log_probs(model_trace, guide_trace, plate_name, x.shape[0]):
         if enumerated and sign > 0:
             continue  # the model's sites are contracted together below
         lp = site["log_prob"] if scaled else scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
-        log_w = log_w + sign * _per_datapoint(lp, particle_dim, data_dim, name)
+        if sign > 0:
+            log_p = log_p + _per_datapoint(lp, particle_dim, data_dim, name)
+        else:
+            log_q = log_q + _per_datapoint(lp, particle_dim, data_dim, name)
     if enumerated:
-        log_w = log_w + _summed_out_log_joint(model_trace, plate_name, particle_dim, scaled)
-    return log_w
+        log_p = log_p + _summed_out_log_joint(model_trace, plate_name, particle_dim, scaled)
+    return WeightTerms(log_p, log_q, model_trace, guide_trace, particle_dim)
 
 
-def _summed_out_log_joint(model_trace, plate_name: str, particle_dim: int, scaled: bool) -> torch.Tensor:
+def log_prior(terms: WeightTerms, plate_name: str = "data") -> torch.Tensor:
+    r"""``(num_particles, N)``: :math:`\log p(z_{ik})`, the model's latent sites at the guide's values
+    (enumerated ones summed out)."""
+    if any(site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
+           for site in terms.model_trace.nodes.values()):
+        return _summed_out_log_joint(terms.model_trace, plate_name, terms.particle_dim, False, observed=False)
+    return terms.log_joint - observed_log_prob(terms, plate_name)
+
+
+def observed_log_prob(terms: WeightTerms, plate_name: str = "data") -> torch.Tensor:
+    r"""``(num_particles, N)``: :math:`\log p(x_i \mid z_{ik})`, the observed sites of the model trace
+    (of a model without enumerated sites)."""
+    out = 0.0
+    for name, site in terms.model_trace.nodes.items():
+        if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site):
+            data_dim = _site_frames(site)[plate_name].dim
+            lp = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+            out = out + _per_datapoint(lp, terms.particle_dim, data_dim, name)
+    return out
+
+
+def _summed_out_log_joint(model_trace, plate_name: str, particle_dim: int, scaled: bool,
+                          observed: bool = True) -> torch.Tensor:
     r"""``(K, N)``: :math:`\log \sum_c p(x_i, z_{ik}, c)` over the model's enumerated sites ``c``,
     by Pyro's plated sum-product contraction (products over nested plates, sums over values).
 
     With ``scaled``, the sites that depend on an enumerated value share one ``poutine.scale``
-    factor, applied outside the sum as ``TraceEnum_ELBO`` does; the others keep their own."""
+    factor, applied outside the sum as ``TraceEnum_ELBO`` does; the others keep their own.
+    ``observed=False`` leaves the observed sites out: :math:`\log \sum_c p(z_{ik}, c)`."""
     model_trace.pack_tensors()
     symbol = model_trace.plate_to_symbol
-    sites = [s for s in model_trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+    sites = [s for s in model_trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)
+             and (observed or not s["is_observed"])]
     sum_dims = {s["infer"]["_enumerate_symbol"] for s in sites if s["infer"].get("_enumerate_symbol") is not None}
     summed: OrderedDict = OrderedDict()  # sites whose log-probability carries an enumerated dim
     apart: OrderedDict = OrderedDict()
@@ -328,6 +427,16 @@ def psis_khat(log_weights: np.ndarray, backend: str | None = None) -> np.ndarray
     array function takes *log-likelihood* values, as in PSIS-LOO where the importance
     log-weights are :math:`-\log p(y_i \mid \theta)`, so it is given ``-log_weights``.
     Rows whose weights are all equal (a perfect proposal) get :math:`\hat k = -\infty`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from pyrovae.infer import psis_khat
+    >>> rng = np.random.default_rng(0)
+    >>> light = rng.normal(size=(2, 1000))  # Gaussian log-weights: lognormal weights, light tails
+    >>> heavy = np.log1p(rng.pareto(1.0, size=(2, 1000)))  # Pareto weights of tail index 1: k = 1
+    >>> bool((psis_khat(light) < 0.7).all()), bool((psis_khat(heavy) > 0.7).all())
+    (True, True)
     """
     lw = np.ascontiguousarray(log_weights, dtype=np.float64)
     flat = lw.reshape(-1, lw.shape[-1])
@@ -385,6 +494,12 @@ class MarginalLikelihood:
     * ``khat`` -- Pareto :math:`\hat k` of the weights (PSIS, Vehtari et al. 2024); above 0.7
       the weights' variance is probably infinite and ``stderr`` cannot be trusted (NaN for
       :math:`K < 25`, too few samples to fit a tail).
+    * ``method`` -- ``"is"`` (importance sampling from the guide), ``"defensive"`` (from a
+      defensive mixture, :mod:`pyrovae.infer.defensive`), ``"ais"`` (annealed importance
+      sampling, :mod:`pyrovae.infer.ais`; ``num_samples`` counts its chains) or
+      ``"ais-reverse"`` (BDMC's upper bounds).
+    * ``extras`` -- ``convergence`` (IS: :math:`K' \mapsto \log \hat p(x_i)` from the first
+      :math:`K' = K/16, K/4` samples), ``acceptance`` and ``step_size`` per datapoint (AIS).
     """
 
     log_px: torch.Tensor
@@ -393,6 +508,7 @@ class MarginalLikelihood:
     khat: torch.Tensor
     elbo: torch.Tensor
     num_samples: int
+    method: str = "is"
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -414,9 +530,42 @@ class MarginalLikelihood:
         n = len(self)
         return (self.log_px.std() / math.sqrt(n)).item() if n > 1 else float("nan")
 
+    @property
+    def stderr_trustworthy(self) -> bool | None:
+        r"""Whether :attr:`mean_stderr` can be believed: at most 5% of the datapoints have
+        :math:`\hat k > 0.7`; ``None`` where :math:`\hat k` is unknown (fewer than 25 samples)."""
+        if torch.isnan(self.khat).any():
+            return None
+        return (self.khat > 0.7).double().mean().item() <= KHAT_TRUST_SHARE
+
+    def convergence(self) -> dict[int, float]:
+        r"""Mean :math:`\log \hat p(x)` from the first K/16, K/4 and all K samples (IS only)."""
+        found = self.extras.get("convergence") or {}
+        return {**{k: v.mean().item() for k, v in sorted(found.items())}, self.num_samples: self.mean}
+
+    def caveat(self) -> str | None:
+        """What to say beside :attr:`mean` when its standard error cannot be trusted, else ``None``."""
+        if self.stderr_trustworthy is not False:
+            return None
+        share = (self.khat > 0.7).double().mean().item()
+        trend = ", ".join(f"K={k}: {v:.3f}" for k, v in self.convergence().items())
+        return (
+            f"k-hat > 0.7 for {share:.0%} of datapoints: the weights' variance is probably infinite, so the "
+            f"standard error understates the error and log p(x) is likely underestimated. Convergence check: "
+            f"{trend}. Prefer annealed importance sampling (method='ais', `pyrovae evaluate --method ais`) "
+            "or defensive sampling (method='defensive')"
+        )
+
     def summary(self) -> dict[str, float]:
         k = self.khat
+        fitted = not torch.isnan(k).any().item()
+        trend = self.convergence()
         return {
+            "method": self.method,
+            "stderr_trustworthy": self.stderr_trustworthy,
+            **({"convergence": {str(n): v for n, v in trend.items()}} if len(trend) > 1 else {}),
+            **({"num_steps": self.extras["num_steps"], "num_leapfrog": self.extras["num_leapfrog"],
+                "mean_acceptance": self.extras["acceptance"].mean().item()} if "acceptance" in self.extras else {}),
             "num_datapoints": len(self),
             "num_samples": self.num_samples,
             "mean_log_px": self.mean,
@@ -424,10 +573,30 @@ class MarginalLikelihood:
             "mc_stderr": self.mean_stderr,
             "data_stderr": self.data_stderr,
             "median_ess": self.ess.median().item(),
-            "share_khat_over_0.5": (k > 0.5).double().mean().item(),
-            "share_khat_over_0.7": (k > 0.7).double().mean().item(),
+            # NaN (null in JSON) where k-hat was not fitted (fewer than 25 samples, e.g. AIS's chains)
+            "share_khat_over_0.5": (k > 0.5).double().mean().item() if fitted else math.nan,
+            "share_khat_over_0.7": (k > 0.7).double().mean().item() if fitted else math.nan,
             "max_khat": k.max().item(),
         }
+
+
+def weight_summaries(lw: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-datapoint estimates from ``(K, N)`` float64 log-weights: ``log_px`` (log mean weight),
+    ``stderr`` (delta method), ``ess``, ``khat`` (NaN for K < 25) and ``elbo`` (mean log weight)."""
+    num_samples = lw.shape[0]
+    lse = torch.logsumexp(lw, 0)
+    ess = torch.exp(2 * lse - torch.logsumexp(2 * lw, 0))
+    nan = torch.full_like(ess, float("nan"))
+    # delta method: Var(log p^) ~ Var(w) / (K mean(w)^2) = (K/ESS - 1) / (K - 1)
+    se = ((num_samples / ess - 1).clamp_min(0) / (num_samples - 1)).sqrt() if num_samples > 1 else nan
+    khat = torch.from_numpy(psis_khat(lw.T.numpy())) if num_samples >= MIN_PSIS_SAMPLES else nan
+    return {"log_px": lse - math.log(num_samples), "stderr": se, "ess": ess, "khat": khat, "elbo": lw.mean(0)}
+
+
+def convergence_sizes(num_samples: int) -> list[int]:
+    """The smaller K (K/16 and K/4) at which an evaluation also reports its estimate: where the
+    standard error cannot be trusted (k-hat > 0.7), the trend from K/16 to K is the check."""
+    return [k for k in (num_samples // 16, num_samples // 4) if k >= 1] if num_samples >= 64 else []
 
 
 def _rows(x, model: Callable) -> torch.Tensor:
@@ -460,7 +629,9 @@ def log_marginal_likelihood(
     guide: Callable,
     x: torch.Tensor,
     *args,
-    num_samples: int = 5000,
+    num_samples: int | None = None,
+    method: str | object = "is",
+    num_steps: int | None = None,
     chunk_size: int | None = None,
     plate_name: str = "data",
     max_plate_nesting: int | None = None,
@@ -480,6 +651,13 @@ def log_marginal_likelihood(
     :param args: further positional arguments of the pair; tensors whose dim 0 equals
         ``x.shape[0]`` (conditions, labels) are chunked with ``x``, the rest passed whole.
     :param kwargs: keyword arguments of the pair, passed whole to every chunk.
+    :param num_samples: :math:`K`, importance samples per datapoint (default 5000), or for AIS
+        the number of chains :math:`C` per datapoint (default 16).
+    :param method: ``"is"`` (from the guide), ``"defensive"`` (from a mixture of the guide, a
+        heavy-tailed guide and the prior; a :class:`~pyrovae.infer.defensive.Defensive` sets its
+        shares) or ``"ais"`` (annealed importance sampling; an :class:`~pyrovae.infer.ais.AIS`
+        sets its schedule and HMC kernel).
+    :param num_steps: :math:`T`, AIS's number of intermediate distributions (default 1000).
     :param chunk_size: most (particle, datapoint) pairs evaluated in one trace; bounds memory.
         Default ``2**12``: a pass's tensors then stay in the CPU's caches, which was the
         fastest on our benchmark (docs/benchmarks.md); raise it on a GPU.
@@ -487,22 +665,60 @@ def log_marginal_likelihood(
     :param khat_warn_share: warn when more than this share of datapoints has :math:`\hat k > 0.7`.
     :returns: :class:`MarginalLikelihood` with ``log_px``, ``stderr``, ``ess``, ``khat``
         (float64, on the CPU).
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch, pyrovae
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):  # the exact posterior N(x/2, 1/2): every weight equals p(x)
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
+    >>> x = torch.tensor([0.0, 1.0])
+    >>> res = pyrovae.log_marginal_likelihood(model, guide, x, num_samples=10)
+    >>> torch.allclose(res.log_px, dist.Normal(0.0, 2**0.5).log_prob(x).double(), atol=1e-5)
+    True
+    >>> res.method, res.stderr_trustworthy  # k-hat is fitted from 25 samples on
+    ('is', None)
+    >>> ais = pyrovae.log_marginal_likelihood(model, guide, x, method="ais", num_steps=5, num_samples=4)
+    >>> torch.allclose(ais.log_px, res.log_px, atol=1e-5), ais.method
+    (True, 'ais')
     """
     x = _rows(x, model)
+    method, options = _method(method, num_steps)
+    if num_samples is None:
+        num_samples = 16 if method == "ais" else 5000
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a whole number >= 1, not {num_samples!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a whole number >= 1 or None, not {chunk_size!r}")
+    if method == "ais":
+        from .ais import annealed_log_marginal_likelihood
+
+        return annealed_log_marginal_likelihood(
+            model, guide, x, *args, options=options, num_samples=num_samples,
+            chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, plate_name=plate_name,
+            max_plate_nesting=max_plate_nesting, progress=progress, **kwargs,
+        )
+    weights = log_importance_weights
+    if method == "defensive":
+        from .defensive import defensive_log_weights
+
+        weights = partial(defensive_log_weights, options=options)
     num_rows = x.shape[0]
     rows, particles = _chunk_sizes(num_rows, num_samples, chunk_size or DEFAULT_CHUNK_SIZE)
     if max_plate_nesting is None:
         first = per_datapoint_args(args, num_rows, slice(0, rows))
         max_plate_nesting = check_contract(model, guide, x[:rows], *first, plate_name=plate_name, **kwargs)
     out = {k: [] for k in ("log_px", "stderr", "ess", "khat", "elbo")}
+    out.update({f"log_px_K{k}": [] for k in convergence_sizes(num_samples)})
     show = progress if progress is not None else num_rows * num_samples >= 5_000_000
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=num_rows, disable=not show, desc=f"log p(x), K={num_samples}", unit="x")
+    how = "defensive IS" if method == "defensive" else "IS"
+    bar = tqdm(total=num_rows, disable=not show, desc=f"log p(x) by {how}, K={num_samples}", unit="x")
     with torch.no_grad(), poutine.block():
         for start in range(0, num_rows, rows):
             # Pyro's distribution checks (e.g. that observations are in the support) ran on
@@ -513,7 +729,7 @@ def log_marginal_likelihood(
             chunks = []
             for k in range(0, num_samples, particles):
                 with pyro.validation_enabled(validate and k == 0):
-                    lw = log_importance_weights(
+                    lw = weights(
                         model,
                         guide,
                         xb,
@@ -525,23 +741,18 @@ def log_marginal_likelihood(
                     )
                 chunks.append(lw.double().cpu())
             lw = torch.cat(chunks, 0)  # (K, rows), float64
-            lse = torch.logsumexp(lw, 0)
-            lse2 = torch.logsumexp(2 * lw, 0)
-            ess = torch.exp(2 * lse - lse2)
-            out["log_px"].append(lse - math.log(num_samples))
-            out["ess"].append(ess)
-            out["elbo"].append(lw.mean(0))
-            # delta method: Var(log p^) ~ Var(w) / (K mean(w)^2) = (K/ESS - 1) / (K - 1)
-            nan = torch.full_like(ess, float("nan"))
-            se = ((num_samples / ess - 1).clamp_min(0) / (num_samples - 1)).sqrt() if num_samples > 1 else nan
-            khat = torch.from_numpy(psis_khat(lw.T.numpy())) if num_samples >= MIN_PSIS_SAMPLES else nan
-            out["stderr"].append(se)
-            out["khat"].append(khat)
+            for key, value in weight_summaries(lw).items():
+                out[key].append(value)
+            for k in convergence_sizes(num_samples):  # the same weights' estimate with fewer samples
+                out[f"log_px_K{k}"].append(torch.logsumexp(lw[:k], 0) - math.log(k))
             bar.update(len(xb))
     bar.close()
+    cat = {k: torch.cat(v) for k, v in out.items()}
+    convergence = {k: cat.pop(f"log_px_K{k}") for k in convergence_sizes(num_samples)}
     res = MarginalLikelihood(
-        **{k: torch.cat(v) for k, v in out.items()}, num_samples=num_samples,
-        extras={"data_dim": x[0].numel()},
+        **cat, num_samples=num_samples, method=method,
+        extras={"data_dim": x[0].numel(), "convergence": convergence,
+                **({"defensive": vars(options)} if options is not None else {})},
     )
     share = (res.khat > 0.7).double().mean().item()
     if share > khat_warn_share:
@@ -549,8 +760,28 @@ def log_marginal_likelihood(
             f"Pareto k-hat > 0.7 for {share:.0%} of datapoints: their importance weights have "
             "a tail so heavy that the variance is probably infinite, so log p(x) there is "
             "likely underestimated and its standard error is unreliable. More samples help "
-            "slowly; a guide closer to the posterior (e.g. trained with the IWAE objective) "
-            "helps more.",
-            stacklevel=2,
+            "slowly; annealed importance sampling (method='ais') or a guide closer to the "
+            "posterior (e.g. trained with the IWAE objective) helps more.",
+            stacklevel=3,
         )
     return res
+
+
+def _method(method, num_steps: int | None):
+    """``(name, options)`` of a ``method`` argument: a name or an options object."""
+    from .ais import AIS
+    from .defensive import Defensive
+
+    if isinstance(method, AIS):
+        if num_steps is not None and num_steps != method.num_steps:
+            raise ValueError(f"num_steps={num_steps} contradicts AIS(num_steps={method.num_steps}); pass one")
+        return "ais", method
+    if isinstance(method, Defensive):
+        return "defensive", method
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} or an AIS/Defensive options object, not {method!r}")
+    if num_steps is not None and method != "ais":
+        raise ValueError(f"num_steps is AIS's number of steps; method {method!r} takes none")
+    if method == "ais":
+        return "ais", AIS() if num_steps is None else AIS(num_steps=num_steps)
+    return method, Defensive() if method == "defensive" else None
