@@ -58,7 +58,9 @@ smartquotes_action = "qe"
 autodoc_member_order = "bysource"
 autodoc_default_options = {"show-inheritance": True}
 autodoc_class_signature = "mixed"
-autodoc_preserve_defaults = True
+# not preserve_defaults: it sets each documented function's __signature__, so that code run in the same
+# process (the doctest builder) reads Sphinx's placeholders as defaults, e.g. the model registry's options
+autodoc_preserve_defaults = False
 autoclass_content = "both"  # class docstring and __init__'s parameters
 typehints_document_rtype = True
 typehints_use_rtype = False

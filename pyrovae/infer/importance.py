@@ -500,6 +500,24 @@ class MarginalLikelihood:
       ``"ais-reverse"`` (BDMC's upper bounds).
     * ``extras`` -- ``convergence`` (IS: :math:`K' \mapsto \log \hat p(x_i)` from the first
       :math:`K' = K/16, K/4` samples), ``acceptance`` and ``step_size`` per datapoint (AIS).
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch, pyrovae
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):  # too narrow: the weights are heavy-tailed
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x / 2, 0.2))
+    >>> pyro.set_rng_seed(0)
+    >>> res = pyrovae.log_marginal_likelihood(model, guide, torch.linspace(-2, 2, 20), num_samples=1024,
+    ...                                       khat_warn_share=1.0)
+    >>> res.stderr_trustworthy, sorted(res.convergence())  # the check to look at instead: K/16, K/4, K
+    (False, [64, 256, 1024])
+    >>> res.caveat().startswith("k-hat > 0.7")
+    True
     """
 
     log_px: torch.Tensor

@@ -100,6 +100,25 @@ class Trainer:
 
     When ``model`` is a method of an object with ``check_data`` / ``prepare_data`` (a
     :class:`~pyrovae.VAE`), those are used unless given.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyrovae.infer import Trainer
+    >>> pyro.clear_param_store()
+    >>> def model(x):
+    ...     loc = pyro.param("loc", torch.zeros(()))
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(loc, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x / 2, 0.5 ** 0.5))
+    >>> trainer = Trainer(model, guide, lr=0.05)
+    >>> x = torch.full((64,), 2.0)
+    >>> losses = [trainer.step(x).item() for _ in range(50)]  # minus the ELBO, summed over the batch
+    >>> losses[-1] < losses[0], round(pyro.param("loc").item(), 1)  # the prior's mean: the guide's, x/2
+    (True, 1.0)
     """
 
     def __init__(
@@ -662,6 +681,24 @@ def train(
     ``data`` and ``heldout``: a tensor, a tuple of tensors sharing dim 0 (``model(x, y)``),
     or an :class:`~pyrovae.data.ImageData`. Returns the trainer, whose ``history`` holds
     per-epoch metrics in nats per datapoint.
+
+    Example:
+
+    >>> import pyro, pyro.distributions as dist, torch, pyrovae
+    >>> pyro.clear_param_store()
+    >>> def model(x):
+    ...     loc = pyro.param("loc", torch.zeros(()))
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(loc, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x / 2, 0.5 ** 0.5))
+    >>> x = torch.randn(200, generator=torch.Generator().manual_seed(0)) + 3.0
+    >>> trainer = pyrovae.train(model, guide, x[:150], x[150:], epochs=2, batch_size=50, progress=False,
+    ...                         verbose=False)
+    >>> trainer.epoch, len(trainer.history), "heldout_elbo" in trainer.history[-1]
+    (2, 2, True)
     """
     trainer = Trainer(model, guide, **trainer_options)
     trainer.fit(
