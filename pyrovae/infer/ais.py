@@ -68,6 +68,8 @@ from .importance import (
     latent_sites,
     log_joint_and_guide,
     per_datapoint_args,
+    replay_template,
+    site_infer,
     weight_summaries,
 )
 
@@ -182,13 +184,6 @@ class _Chains:
                 "use importance sampling (method='is')"
             )
 
-    def _template(self, values: dict[str, torch.Tensor]):
-        trace = poutine.Trace()
-        for name, value in values.items():
-            trace.add_node(name, name=name, type="sample", is_observed=False, value=value,
-                           infer=dict(self.infer.get(name, {})))
-        return trace
-
     def _per_chain(self, t: torch.Tensor, name: str, data_dim: int) -> torch.Tensor:
         """Sum an elementwise quantity of a site over its event dims, then to ``(C, N)``."""
         extra = t.dim() - self.batch_width
@@ -218,7 +213,7 @@ class _Chains:
                     values[name] = z = t(leaf)
                     log_jac = log_jac + self._per_chain(t.log_abs_det_jacobian(leaf, z), name,
                                                         self.sites[name].data_dim)
-            guide = poutine.replay(self.guide, trace=self._template(values))
+            guide = poutine.replay(self.guide, trace=replay_template(values, self.infer))
             terms = log_joint_and_guide(self.model, guide, self.x, *self.args, num_particles=self.num_chains,
                                         plate_name=self.plate_name, max_plate_nesting=self.max_plate_nesting,
                                         **self.kwargs)
@@ -285,20 +280,25 @@ def _anneal(chains: _Chains, betas: torch.Tensor, step_size_at: Callable[[int], 
     return log_weight, first, acceptance, record
 
 
-def _initial_values(guide_trace, num_chains: int):
-    values, infer = {}, {}
-    for name, site in latent_sites(guide_trace):
-        values[name] = (site["value"].detach(), site["fn"], _site_frames(site))
-        infer[name] = {k: v for k, v in site["infer"].items() if not k.startswith("_")}
-    return values, infer
-
-
 def _chains_from_guide(model, guide, x, args, kwargs, plate_name, max_plate_nesting, num_chains):
     with torch.no_grad():
         terms = log_joint_and_guide(model, guide, x, *args, num_particles=num_chains, plate_name=plate_name,
                                     max_plate_nesting=max_plate_nesting, **kwargs)
-    values, infer = _initial_values(terms.guide_trace, num_chains)
+    sites = latent_sites(terms.guide_trace)
+    values = {name: (site["value"].detach(), site["fn"], _site_frames(site)) for name, site in sites}
+    infer = {name: site_infer(site) for name, site in sites}
     return _Chains(model, guide, x, args, kwargs, plate_name, max_plate_nesting, num_chains, values, infer)
+
+
+def _forward(model, guide, x, args, kwargs, plate_name, max_plate_nesting, options: AIS, num_chains: int,
+             betas: torch.Tensor, bar):
+    """The pilot, then forward AIS of one chunk of rows: ``(chains at their last state, pilot step
+    sizes, the chunk's per-datapoint summaries)``."""
+    pilot = _pilot_step_sizes(model, guide, x, args, kwargs, plate_name, max_plate_nesting, options, bar)
+    chains = _chains_from_guide(model, guide, x, args, kwargs, plate_name, max_plate_nesting, num_chains)
+    log_weight, first, acceptance, _ = _anneal(chains, betas, _step_size_lookup(pilot, options.num_steps),
+                                               options, bar=bar)
+    return chains, pilot, _summarise(log_weight, first, acceptance, pilot.exp().mean(0))
 
 
 def _pilot_step_sizes(model, guide, x, args, kwargs, plate_name, max_plate_nesting, options: AIS, bar=None):
@@ -360,13 +360,10 @@ def annealed_log_marginal_likelihood(
     parts = []
     with poutine.block(), torch.no_grad(), pyro.validation_enabled(False):
         for start in range(0, num_rows, rows):
-            xb = x[start : start + rows]
             args_b = per_datapoint_args(args, num_rows, slice(start, start + rows))
-            pilot = _pilot_step_sizes(model, guide, xb, args_b, kwargs, plate_name, max_plate_nesting, options, bar)
-            chains = _chains_from_guide(model, guide, xb, args_b, kwargs, plate_name, max_plate_nesting, num_samples)
-            log_weight, first, acceptance, _ = _anneal(chains, betas, _step_size_lookup(pilot, options.num_steps),
-                                                       options, bar=bar)
-            parts.append(_summarise(log_weight, first, acceptance, pilot.exp().mean(0)))
+            _, _, part = _forward(model, guide, x[start : start + rows], args_b, kwargs, plate_name,
+                                  max_plate_nesting, options, num_samples, betas, bar)
+            parts.append(part)
     bar.close()
     return _result(parts, num_samples, x, options, "ais")
 
@@ -494,13 +491,10 @@ def bdmc(
     with poutine.block(), torch.no_grad(), pyro.validation_enabled(False):
         for start in range(0, num_rows, rows):
             index = slice(start, min(start + rows, num_rows))
-            xb = x_sim[index]
             args_b = per_datapoint_args(args, num_rows, index)
-            pilot = _pilot_step_sizes(model, guide, xb, args_b, kwargs, plate_name, max_plate_nesting, options, bar)
-            chains = _chains_from_guide(model, guide, xb, args_b, kwargs, plate_name, max_plate_nesting, num_samples)
-            log_weight, first, acceptance, _ = _anneal(chains, betas, _step_size_lookup(pilot, options.num_steps),
-                                                       options, bar=bar)
-            forward.append(_summarise(log_weight, first, acceptance, pilot.exp().mean(0)))
+            chains, pilot, part = _forward(model, guide, x_sim[index], args_b, kwargs, plate_name,
+                                           max_plate_nesting, options, num_samples, betas, bar)
+            forward.append(part)
             # the reverse chains start at the simulated z*, an exact draw from p(z | x)
             start_values = {n: _chain_values(trace, n, index, num_samples, plate_name, chains)
                             for n in (*chains.u, *chains.fixed)}

@@ -38,6 +38,8 @@ from .importance import (
     latent_sites,
     log_joint_and_guide,
     log_prior,
+    replay_template,
+    site_infer,
 )
 
 
@@ -110,13 +112,6 @@ class HeavyTails(Messenger):
             msg["fn"] = fn
 
 
-def _template(values: dict[str, torch.Tensor], infer: dict[str, dict]):
-    trace = poutine.Trace()
-    for name, value in values.items():
-        trace.add_node(name, name=name, type="sample", is_observed=False, value=value, infer=dict(infer[name]))
-    return trace
-
-
 def _guide_log_prob(trace, plate_name: str, particle_dim: int) -> torch.Tensor:
     trace.compute_log_prob()
     out = 0.0
@@ -156,14 +151,13 @@ def defensive_log_weights(
     component = torch.multinomial(shares, num_particles * x.shape[0], replacement=True)
     component = component.reshape(num_particles, x.shape[0]).to(x.device)
     names = [name for name, _ in latent_sites(draws[0])]
-    infer = {name: {k: v for k, v in site["infer"].items() if not k.startswith("_")}
-             for name, site in latent_sites(draws[0])}
+    infer = {name: site_infer(site) for name, site in latent_sites(draws[0])}
     values = {}
     for name in names:
         data_dim = _site_frames(draws[0].nodes[name])[plate_name].dim
         values[name] = _pick([d.nodes[name]["value"] if d is not None else draws[0].nodes[name]["value"]
                               for d in draws], component, data_dim, width)
-    template = _template(values, infer)
+    template = replay_template(values, infer)
     terms: WeightTerms = log_joint_and_guide(model, poutine.replay(guide, trace=template), x, *args,
                                              num_particles=num_particles, plate_name=plate_name,
                                              max_plate_nesting=max_plate_nesting, **kwargs)

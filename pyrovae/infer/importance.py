@@ -326,10 +326,7 @@ def log_joint_and_guide(
         model_trace = poutine.trace(poutine.replay(enum_model, trace=guide_trace)).get_trace(x, *args, **kwargs)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
-    enumerated = any(
-        site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
-        for site in model_trace.nodes.values()
-    )
+    enumerated = _has_enumerated_sites(model_trace)
     log_p = x.new_zeros((num_particles, x.shape[0]))
     log_q = x.new_zeros((num_particles, x.shape[0]))
     for name, sign, site, data_dim in _site_log_probs(model_trace, guide_trace, plate_name, x.shape[0]):
@@ -345,11 +342,30 @@ def log_joint_and_guide(
     return WeightTerms(log_p, log_q, model_trace, guide_trace, particle_dim)
 
 
+def _has_enumerated_sites(model_trace) -> bool:
+    return any(site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
+               for site in model_trace.nodes.values())
+
+
+def replay_template(values: dict[str, torch.Tensor], infer: dict[str, dict]):
+    """A trace holding ``values`` as latent sample sites, for ``poutine.replay(guide, trace=...)``:
+    the guide then scores these values instead of drawing its own (how AIS moves its chains and
+    defensive sampling scores the mixture's draws)."""
+    trace = poutine.Trace()
+    for name, value in values.items():
+        trace.add_node(name, name=name, type="sample", is_observed=False, value=value, infer=dict(infer[name]))
+    return trace
+
+
+def site_infer(site) -> dict:
+    """A site's ``infer`` settings without the keys Pyro's handlers add (``_enumerate_dim``, ...)."""
+    return {k: v for k, v in site["infer"].items() if not k.startswith("_")}
+
+
 def log_prior(terms: WeightTerms, plate_name: str = "data") -> torch.Tensor:
     r"""``(num_particles, N)``: :math:`\log p(z_{ik})`, the model's latent sites at the guide's values
     (enumerated ones summed out)."""
-    if any(site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
-           for site in terms.model_trace.nodes.values()):
+    if _has_enumerated_sites(terms.model_trace):
         return _summed_out_log_joint(terms.model_trace, plate_name, terms.particle_dim, False, observed=False)
     return terms.log_joint - observed_log_prob(terms, plate_name)
 
