@@ -10,9 +10,13 @@ the better of a decoder-shaped product ([4096, 200] x [200, 784]) and a square 2
 
 Variants, alternated round by round (median over rounds): the Bernoulli log-probability as
 one ``binary_cross_entropy_with_logits`` (what pyrovae used before) and the library's
-current one, each at several chunk sizes (most (sample, image) pairs per pass).
+current one, each at several chunk sizes (most (sample, image) pairs per pass) and numbers of
+worker processes (``workers``: chunks in forked single-thread processes; 1 = in this process
+on ``--threads`` threads).
 
     python benchmarks/eval_speed.py --threads 1     # writes JSON + the table in docs/
+    python benchmarks/eval_speed.py --threads 2 --workers 1 2 --log-probs library \
+        --json benchmarks/results/eval_speed_2threads.json --section eval-speed-2threads
 """
 
 from __future__ import annotations
@@ -69,13 +73,13 @@ def useful_flops(num_images: int, num_samples: int, chunk_size: int) -> float:
     return num_images * (num_samples * DECODER_FLOPS + particle_chunks * ENCODER_FLOPS)
 
 
-def time_eval(vae, x, num_samples, chunk_size, log_prob) -> float:
+def time_eval(vae, x, num_samples, chunk_size, log_prob, workers=1) -> float:
     IndependentBernoulli.log_prob = log_prob
     pyro.set_rng_seed(0)
     start = time.perf_counter()
     pyrovae.log_marginal_likelihood(
         vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size, progress=False,
-        khat_warn_share=1.0,
+        khat_warn_share=1.0, workers=workers,
     )
     return time.perf_counter() - start
 
@@ -87,6 +91,9 @@ def main() -> None:
     p.add_argument("--chunk-sizes", type=int, nargs="+", default=[2**10, 2**12, 2**14, 2**16])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, nargs="+", default=[1], help="worker processes (1 = in process)")
+    p.add_argument("--log-probs", nargs="+", choices=list(LOG_PROBS), default=list(LOG_PROBS))
+    p.add_argument("--section", default="eval-speed", help="marked section of --docs to rewrite")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
     p.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"))
     args = p.parse_args()
@@ -95,23 +102,23 @@ def main() -> None:
     vae = pyrovae.VAE(latent_dim=50, hidden=(200, 200), activation="tanh")
     x = pyrovae.load_embedded_mnist().observations(torch.Generator().manual_seed(0))[: args.images]
     library = IndependentBernoulli.log_prob
-    variants = [(name, c) for name in LOG_PROBS for c in args.chunk_sizes]
+    variants = [(name, c, w) for name in args.log_probs for c in args.chunk_sizes for w in args.workers]
     times = {v: [] for v in variants}
     peaks = []
     time_eval(vae, x[:2], 200, args.chunk_sizes[0], library)  # warm-up
     for r in range(args.rounds):
         peaks.append(matmul_gflops())
-        for name, chunk in variants:
-            times[(name, chunk)].append(time_eval(vae, x, args.num_samples, chunk, LOG_PROBS[name]))
-            print(f"round {r}: {name}, chunk {chunk}: {times[(name, chunk)][-1]:.2f} s", flush=True)
+        for name, chunk, w in variants:
+            times[(name, chunk, w)].append(time_eval(vae, x, args.num_samples, chunk, LOG_PROBS[name], w))
+            print(f"round {r}: {name}, chunk {chunk}, workers {w}: {times[(name, chunk, w)][-1]:.2f} s", flush=True)
     IndependentBernoulli.log_prob = library
     peak = statistics.median(peaks)
     results = []
-    for (name, chunk), t in times.items():
+    for (name, chunk, w), t in times.items():
         sec = statistics.median(t)
         gflops = useful_flops(args.images, args.num_samples, chunk) / sec / 1e9
         results.append({
-            "log_prob": name, "chunk_size": chunk, "seconds_per_run": t,
+            "log_prob": name, "chunk_size": chunk, "workers": w, "seconds_per_run": t,
             "seconds_per_1000_images": sec * 1000 / args.images,
             "gflops": gflops, "share_of_matmul": gflops / peak,
         })
@@ -121,30 +128,36 @@ def main() -> None:
         "num_samples": args.num_samples, "rounds": args.rounds, "matmul_gflops": peak,
         "matmul_gflops_per_round": peaks,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_worker_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
         "command": f"python benchmarks/eval_speed.py --threads {args.threads} --images {args.images} "
-        f"--chunk-sizes {' '.join(map(str, args.chunk_sizes))} --rounds {args.rounds}",
+        f"--chunk-sizes {' '.join(map(str, args.chunk_sizes))} --rounds {args.rounds} "
+        f"--workers {' '.join(map(str, args.workers))} --log-probs {' '.join(repr(n) for n in args.log_probs)}",
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = [
-        "| Bernoulli log-prob | chunk size | s per 1,000 images | GFLOP/s | share of matmul |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| Bernoulli log-prob | chunk size | workers | s per 1,000 images | GFLOP/s | share of matmul |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
-            f"| {r['log_prob']} | {r['chunk_size']} | {r['seconds_per_1000_images']:.1f} | "
+            f"| {r['log_prob']} | {r['chunk_size']} | {r['workers']} | {r['seconds_per_1000_images']:.1f} | "
             f"{r['gflops']:.1f} | {r['share_of_matmul']:.0%} |"
         )
     body = (
         f"Measured {meta['date']} on this CPU, {args.threads} torch thread(s), torch {meta['torch']}; "
         f"K = {args.num_samples} importance samples for each of {args.images} embedded MNIST digits "
         f"(scaled to 1,000), IWAE architecture, untrained weights; {args.rounds} alternating rounds, "
-        f"median. float32 matmul throughput in the same rounds: {peak:.1f} GFLOP/s. Peak resident "
-        f"memory of the whole process: {meta['peak_rss_gib']:.2f} GiB. Command: `{meta['command']}`; "
-        "raw numbers in `benchmarks/results/eval_speed.json`.\n\n" + "\n".join(lines)
+        f"median. float32 matmul throughput on {args.threads} thread(s) in the same rounds: {peak:.1f} GFLOP/s. "
+        f"Peak resident memory of the process: {meta['peak_rss_gib']:.2f} GiB"
+        + (f", of the largest child process (a worker, most of its pages shared with this one by fork) "
+           f"{meta['peak_rss_worker_gib']:.2f} GiB" if max(args.workers) > 1 else "")
+        + f". Command: `{meta['command']}`; raw numbers in "
+        f"`{Path(args.json).relative_to(ROOT) if Path(args.json).is_relative_to(ROOT) else args.json}`.\n\n"
+        + "\n".join(lines)
     )
-    write_section(Path(args.docs), "eval-speed", body)
+    write_section(Path(args.docs), args.section, body)
     print(body)
 
 

@@ -37,7 +37,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -113,6 +113,9 @@ class ImageData:
     levels: int = 256
     name: str = "data"
     return_labels: bool = False
+    # k / 255 as floats, kept: a dynamic binarisation draws against them every epoch, and
+    # converting 47M pixels each time was half of the draw (docs/benchmarks.md)
+    _grey: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 2:
@@ -142,11 +145,16 @@ class ImageData:
         return self.observed_space in ("binary-dynamic", "dequantized")
 
     def with_space(self, space: str | None, levels: int | None = None) -> ImageData:
-        return replace(self, space=space, levels=self.levels if levels is None else levels)
+        return self._same_images(space=space, levels=self.levels if levels is None else levels)
 
     def with_labels(self, return_labels: bool = True) -> ImageData:
         """The same images whose :meth:`tensors` are ``(x, labels)``, for ``model(x, y)``."""
-        return replace(self, return_labels=return_labels)
+        return self._same_images(return_labels=return_labels)
+
+    def _same_images(self, **changes) -> ImageData:
+        new = replace(self, **changes)
+        object.__setattr__(new, "_grey", self._grey)  # the same images: share their grey values
+        return new
 
     def tensors(
         self, generator: torch.Generator | None = None, device: torch.device | str | None = None
@@ -156,6 +164,13 @@ class ImageData:
         if not self.return_labels:
             return (x,)
         return x, self.labels.to(x.device)
+
+    def _grey_values(self, device, dtype: torch.dtype) -> torch.Tensor:
+        key = (torch.device(device) if device is not None else self.images.device, dtype)
+        if key not in self._grey:
+            self._grey.clear()  # one copy: the latest device and dtype
+            self._grey[key] = self.images.to(device=key[0], dtype=dtype).div_(255)
+        return self._grey[key]
 
     def subset(self, index: torch.Tensor | slice) -> ImageData:
         labels = None if self.labels is None else self.labels[index]
@@ -180,14 +195,13 @@ class ImageData:
         generator state gives the same observations, so a held-out set stays fixed when it is
         drawn with a fixed seed.
         """
-        k = self.images.to(device=device, dtype=dtype)
         gen_device = generator.device if generator is not None else torch.device("cpu")
         space = self.observed_space
         if space == "binary-dynamic":
-            u = torch.rand(k.shape, generator=generator, device=gen_device, dtype=dtype)
-            # (u < k / 255) as 0./1. written into u, k scaled in place: the same values as the
-            # plain expression with two passes over the data fewer (every epoch of a training)
-            return u.to(k.device).lt_(k.div_(255) if k is not self.images else k / 255)
+            grey = self._grey_values(device, dtype)
+            u = torch.rand(grey.shape, generator=generator, device=gen_device, dtype=dtype)
+            return u.to(grey.device).lt_(grey)  # (u < k / 255) as 0./1., written into u
+        k = self.images.to(device=device, dtype=dtype)
         if space == "binary-threshold":
             return (k / 255 > 0.5).to(dtype)
         if space == "grey":

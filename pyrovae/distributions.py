@@ -59,7 +59,7 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
     .. math::
 
         \sum_d x_d l_d - \operatorname{softplus}(l_d)
-        = \sum_d x_d l_d - \tfrac12 \sum_d (l_d + |l_d|) + \log \prod_d \sigma(|l_d|)
+        = \tfrac12 \sum_d \big((2 x_d - 1)\, l_d - |l_d|\big) + \log \prod_d \sigma(|l_d|)
 
     The product runs over groups of at most 64 values: each factor lies in :math:`[1/2, 1)`,
     so a group's product stays a normal float32 and one ``log`` per group replaces one per
@@ -83,13 +83,17 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
         log_sigmoid_abs = logits.abs().sigmoid().unflatten(-1, (d // group, group)).prod(-1).log().sum(-1)
         return (logits * value).sum(-1) - logits.clamp_min(0).sum(-1) + log_sigmoid_abs
     buf = logits.abs()
-    relu_sum = (buf.sum(-1) + logits.sum(-1)) / 2
+    abs_sum = buf.sum(-1)
     log_sigmoid_abs = buf.sigmoid_().unflatten(-1, (d // group, group)).prod(-1).log_().sum(-1)
-    if value.dtype == logits.dtype and torch.broadcast_shapes(logits.shape, value.shape) == logits.shape:
-        xl = torch.mul(logits, value, out=buf).sum(-1)
+    # x l - (l + |l|) / 2 = ((2x - 1) l - |l|) / 2 for any x: one product with the data, no sum of l
+    sign = value.to(logits.dtype) * 2 - 1
+    if sign.shape[:-1].numel() == 1:  # one row for every particle (K >= chunk): a matrix-vector product
+        signed = (logits.reshape(-1, d) @ sign.reshape(d)).reshape(logits.shape[:-1])
+    elif torch.broadcast_shapes(logits.shape, sign.shape) == logits.shape:
+        signed = torch.mul(logits, sign, out=buf).sum(-1)
     else:
-        xl = (logits * value).sum(-1)
-    return xl - relu_sum + log_sigmoid_abs
+        signed = (logits * sign).sum(-1)
+    return (signed - abs_sum) / 2 + log_sigmoid_abs
 
 
 class _BernoulliLogProb(torch.autograd.Function):

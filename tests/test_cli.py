@@ -1,6 +1,8 @@
 import csv
 import json
 import math
+import os
+import platform
 import subprocess
 import sys
 
@@ -239,3 +241,11 @@ def test_a_data_space_the_likelihood_cannot_score_is_refused_in_flags(tmp_path, 
     assert main(["train", "--data-space", "grey", "--out", str(run), *FAST]) == 2
     err = capsys.readouterr().err
     assert "--data-space binary-dynamic" in err and "with_space" not in err and not run.exists()
+
+
+def test_the_cli_keeps_freed_memory_in_the_heap_unless_told_not_to():
+    code = "import sys; from pyrovae.cli.common import reuse_freed_memory; sys.exit(0 if reuse_freed_memory() else 1)"
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == (0 if glibc else 1)
+    env = {**os.environ, "PYROVAE_SYSTEM_MALLOC": "1"}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 1

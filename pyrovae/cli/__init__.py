@@ -18,7 +18,7 @@ from ..infer import ContractError, TrainingError
 from ..infer.trainer import request_stop
 from ..runs import RunBusyError
 from . import compare, diagnose, evaluate, sample, train
-from .common import CLIError, Parser, to_flags
+from .common import CLIError, Parser, reuse_freed_memory, to_flags
 
 COMMANDS = (train, sample, evaluate, compare, diagnose)
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, --version, or a flag refused with its one-line error
         return done.code if isinstance(done.code, int) else 2
     args.given = given_flags(parser, args.command, argv)
+    reuse_freed_memory()
     previous = _terminate_as_interrupt()
     try:
         args.func(args)

@@ -16,7 +16,7 @@ from ..io import file_fingerprint, write_csv, write_json
 from ..plots import plot_khat
 from ..runs import checkpoint_fingerprint, heldout_batch
 from ..scoring import METHODS, evaluation_name, on_scale
-from .common import CLIError, at_least, device, positive_int, seed, trained_run
+from .common import CLIError, at_least, datapoint_unit, device, positive_int, seed, trained_run
 
 
 def add_parser(sub) -> None:
@@ -52,6 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=seed, default=0, help="seed of the importance samples")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: the run's device")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="processes that evaluate chunks side by side, one thread each (default: one per "
+                   "thread on the CPU when the work is large; 1 = in this process); the result does not depend on it")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -81,6 +84,7 @@ def cmd_evaluate(args) -> None:
             model.model, model.guide, *batch, num_samples=k, method=options,
             chunk_size=args.chunk_size or getattr(model, "evaluation_chunk_size", DEFAULT_CHUNK_SIZE),
             progress=args.progress, khat_warn_share=1.0,  # the caution printed below says it in full
+            workers=args.workers,
         )
         seconds = time.perf_counter() - start
         simulated = _bdmc(model, batch, args, options) if args.bdmc else None
@@ -140,13 +144,15 @@ def cmd_evaluate(args) -> None:
     how = f"AIS, T={args.ais_steps}, {k} chains" if args.method == "ais" else f"{args.method.upper()}, K={k}"
     share = summary["share_khat_over_0.7"]
     khat = f"k-hat > 0.7 for {share:.1%}" if share == share else "k-hat not fitted (fewer than 25 samples)"
+    unit = datapoint_unit(config)
     print(
-        f"log p(x) = {res.mean:.3f} nats/image (Monte Carlo s.e. {res.mean_stderr:.3f}; "
-        f"s.e. over data {res.data_stderr:.3f}) on {scope} {name} images, {how}, "
-        f"{seconds:.0f} s; ELBO {res.elbo.mean().item():.3f}; {khat}\n"
-        f"on the {summary['scale']} scale: {summary['nats_per_image']:.3f} nats/image, "
-        f"{summary['bits_per_dim']:.4f} bits/dim"
+        f"log p(x) = {res.mean:.3f} nats/{unit} (Monte Carlo s.e. {res.mean_stderr:.3f}; "
+        f"s.e. over data {res.data_stderr:.3f}) on {scope} {name} {unit}s, {how}, "
+        f"{seconds:.0f} s; ELBO {res.elbo.mean().item():.3f}; {khat}"
     )
+    if unit == "image":  # a sentence's scale is its perplexity, printed below
+        print(f"on the {summary['scale']} scale: {summary['nats_per_image']:.3f} nats/image, "
+              f"{summary['bits_per_dim']:.4f} bits/dim")
     if args.method == "ais":
         print(f"HMC acceptance: mean {res.extras['acceptance'].mean().item():.2f} "
               f"(min {res.extras['acceptance'].min().item():.2f} over the datapoints)")
@@ -170,7 +176,8 @@ def _bdmc(model, batch, args, options):
     start = time.perf_counter()
     try:
         res = bdmc(model.model, model.guide, *(t[:n] for t in batch), num_samples=args.num_samples or 16,
-                   options=options, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, progress=args.progress)
+                   options=options, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, progress=args.progress,
+                   workers=args.workers)
     except ContractError as err:
         raise CLIError(f"--bdmc: {err}") from None
     res.extras["seconds"] = time.perf_counter() - start

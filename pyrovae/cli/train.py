@@ -38,6 +38,7 @@ from ..text import TEXT_DATASETS
 from .common import (
     CLIError,
     at_least,
+    datapoint_unit,
     describe,
     device,
     int_list,
@@ -314,7 +315,8 @@ def _train(args, run: Path, config: RunConfig | None, world: World | None) -> No
     last = trainer.history[-1] if trainer.history else {}
     say(
         f"done in {time.perf_counter() - start:.0f} s: held-out ELBO "
-        f"{last.get('heldout_elbo', float('nan')):.2f} nats/image after {trainer.epoch} epochs; run folder {run}"
+        f"{last.get('heldout_elbo', float('nan')):.2f} nats/{datapoint_unit(config)} after {trainer.epoch} epochs; "
+        f"run folder {run}"
     )
 
 

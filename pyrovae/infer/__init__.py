@@ -9,7 +9,8 @@
 * :mod:`.handlers` -- the pair without training weights (:func:`unscaled`);
 * :mod:`.importance` -- per-datapoint importance weights and :func:`log_marginal_likelihood`;
 * :mod:`.ais` -- annealed importance sampling and BDMC (``method="ais"``, :func:`bdmc`);
-* :mod:`.defensive` -- defensive importance sampling (``method="defensive"``).
+* :mod:`.defensive` -- defensive importance sampling (``method="defensive"``);
+* :mod:`.parallel` -- chunks of an evaluation in forked worker processes (``workers=``).
 """
 
 from .ais import AIS, BDMC, annealing_schedule, bdmc
@@ -26,6 +27,7 @@ from .importance import (
     psis_khat,
 )
 from .objectives import IWAE, OBJECTIVES, make_objective, register_objective
+from .parallel import WorkerError
 from .trainer import Trainer, TrainingError, train
 from .weighted import BetaELBO, CapacityELBO, kl_weighting
 
@@ -44,6 +46,7 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "World",
+    "WorkerError",
     "check_contract",
     "clear_factors",
     "close_distributed",

@@ -67,7 +67,7 @@ class Defensive:
     >>> pyro.set_rng_seed(0)
     >>> res = pyrovae.log_marginal_likelihood(model, guide, x, method=Defensive(), num_samples=2000)
     >>> exact = dist.Normal(0.0, 2**0.5).log_prob(x)
-    >>> bool((res.khat < 0.7).all()), bool(((res.log_px - exact).abs() < 0.02).all())
+    >>> bool((res.khat < 0.7).all()), bool(((res.log_px - exact).abs() < 3 * res.stderr).all())
     (True, True)
     """
 

@@ -671,6 +671,7 @@ def log_marginal_likelihood(
     max_plate_nesting: int | None = None,
     progress: bool | None = None,
     khat_warn_share: float = 0.05,
+    workers: int | None = None,
     **kwargs,
 ) -> MarginalLikelihood:
     r"""Importance-sampling estimate of :math:`\log p(x_i)` for every row of ``x``.
@@ -697,6 +698,10 @@ def log_marginal_likelihood(
         fastest on our benchmark (docs/benchmarks.md); raise it on a GPU.
     :param progress: show a progress bar (default: when the work is large).
     :param khat_warn_share: warn when more than this share of datapoints has :math:`\hat k > 0.7`.
+    :param workers: processes that evaluate chunks of rows side by side, one torch thread each
+        (:mod:`~pyrovae.infer.parallel`); default: one per torch thread when, at the first
+        chunk's pace, the rest would take more than a second and the data are on the CPU. The
+        estimate does not depend on it.
     :returns: :class:`MarginalLikelihood` with ``log_px``, ``stderr``, ``ess``, ``khat``
         (float64, on the CPU).
 
@@ -734,7 +739,7 @@ def log_marginal_likelihood(
         return annealed_log_marginal_likelihood(
             model, guide, x, *args, options=options, num_samples=num_samples,
             chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, plate_name=plate_name,
-            max_plate_nesting=max_plate_nesting, progress=progress, **kwargs,
+            max_plate_nesting=max_plate_nesting, progress=progress, workers=workers, **kwargs,
         )
     weights = log_importance_weights
     if method == "defensive":
@@ -746,42 +751,42 @@ def log_marginal_likelihood(
     if max_plate_nesting is None:
         first = per_datapoint_args(args, num_rows, slice(0, rows))
         max_plate_nesting = check_contract(model, guide, x[:rows], *first, plate_name=plate_name, **kwargs)
-    out = {k: [] for k in ("log_px", "stderr", "ess", "khat", "elbo")}
-    out.update({f"log_px_K{k}": [] for k in convergence_sizes(num_samples)})
     show = progress if progress is not None else num_rows * num_samples >= 5_000_000
     from tqdm.auto import tqdm
 
+    from .parallel import map_chunks, resolve_workers
+
+    num_chunks = -(-num_rows // rows)
+    workers = resolve_workers(workers, num_chunks, (x, *args))
     how = "defensive IS" if method == "defensive" else "IS"
     bar = tqdm(total=num_rows, disable=not show, desc=f"log p(x) by {how}, K={num_samples}", unit="x")
-    with torch.no_grad(), poutine.block():
-        for start in range(0, num_rows, rows):
-            # Pyro's distribution checks (e.g. that observations are in the support) ran on
-            # the first chunk; on every chunk they would cost ~10% of the time.
-            validate = start == 0 and is_validation_enabled()
-            xb = x[start : start + rows]
-            args_b = per_datapoint_args(args, num_rows, slice(start, start + rows))
-            chunks = []
-            for k in range(0, num_samples, particles):
-                with pyro.validation_enabled(validate and k == 0):
-                    lw = weights(
-                        model,
-                        guide,
-                        xb,
-                        *args_b,
-                        num_particles=min(particles, num_samples - k),
-                        plate_name=plate_name,
-                        max_plate_nesting=max_plate_nesting,
-                        **kwargs,
-                    )
-                chunks.append(lw.double().cpu())
-            lw = torch.cat(chunks, 0)  # (K, rows), float64
-            for key, value in weight_summaries(lw).items():
-                out[key].append(value)
-            for k in convergence_sizes(num_samples):  # the same weights' estimate with fewer samples
-                out[f"log_px_K{k}"].append(torch.logsumexp(lw[:k], 0) - math.log(k))
+
+    def chunk(j: int, bar) -> dict[str, torch.Tensor]:
+        start = j * rows
+        # Pyro's distribution checks (e.g. that observations are in the support) ran on
+        # the first chunk; on every chunk they would cost ~10% of the time.
+        validate = start == 0 and is_validation_enabled()
+        xb = x[start : start + rows]
+        args_b = per_datapoint_args(args, num_rows, slice(start, start + rows))
+        parts = []
+        for k in range(0, num_samples, particles):
+            with pyro.validation_enabled(validate and k == 0):
+                lw = weights(model, guide, xb, *args_b, num_particles=min(particles, num_samples - k),
+                             plate_name=plate_name, max_plate_nesting=max_plate_nesting, **kwargs)
+            parts.append(lw.double().cpu())
+        lw = torch.cat(parts, 0)  # (K, rows), float64
+        out = weight_summaries(lw)
+        for k in convergence_sizes(num_samples):  # the same weights' estimate with fewer samples
+            out[f"log_px_K{k}"] = torch.logsumexp(lw[:k], 0) - math.log(k)
+        if bar is not None:
             bar.update(len(xb))
+        return out
+
+    with torch.no_grad(), poutine.block():
+        parts = map_chunks(chunk, num_chunks, workers=workers, tensors=(x, *args), bar=bar,
+                           units=lambda j: min(rows, num_rows - j * rows))
     bar.close()
-    cat = {k: torch.cat(v) for k, v in out.items()}
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     convergence = {k: cat.pop(f"log_px_K{k}") for k in convergence_sizes(num_samples)}
     res = MarginalLikelihood(
         **cat, num_samples=num_samples, method=method,

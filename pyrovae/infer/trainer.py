@@ -36,6 +36,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -369,6 +370,10 @@ class Trainer:
         """:meth:`evaluate` of a batch already prepared and checked (the per-epoch bounds)."""
         bound = make_objective(objective, num_particles, self.max_plate_nesting)
         model, guide = unscaled(self.model), unscaled(self.guide)
+        # a model whose passes are large (text: a softmax over the vocabulary per token) names its chunk size
+        pairs = getattr(getattr(self.model, "__self__", None), "evaluation_chunk_size", None)
+        if pairs is not None:
+            batch_size = min(batch_size, max(1, pairs // num_particles))
         total = 0.0
         with torch.random.fork_rng(devices=cuda_devices(batch)), torch.no_grad():
             pyro.set_rng_seed(seed)
@@ -428,14 +433,18 @@ class Trainer:
         self._check(first, "training data")
         if self.epoch == 0 and not self.history:
             pyro.set_rng_seed(seed)
-        with _stoppable():
+        # the next epoch's redraw (dynamic binarisation: 47 M uniforms for MNIST) runs in a thread
+        # beside this epoch's steps, as a DataLoader worker would; it holds one more copy of the data
+        with _stoppable(), ThreadPoolExecutor(1, thread_name_prefix="pyrovae-redraw") as redraws:
             return self._fit_epochs(source, first, heldout_batch, start_epoch, epochs, batch_size, seed, device,
-                                    progress, verbose, callback, max_seconds)
+                                    progress, verbose, callback, max_seconds, redraws)
 
     def _fit_epochs(self, source, first, heldout_batch, start_epoch, epochs, batch_size, seed, device, progress,
-                    verbose, callback, max_seconds) -> list[dict[str, Any]]:
+                    verbose, callback, max_seconds, redraws) -> list[dict[str, Any]]:
         from tqdm.auto import tqdm
 
+        fresh = getattr(source, "fresh_each_epoch", False)
+        upcoming = None  # the next epoch's data, drawing
         began = time.perf_counter()
         recent: deque[float] = deque(maxlen=DIVERGENCE_WINDOW)  # per-datapoint losses of the last steps
         world = self.world
@@ -443,8 +452,8 @@ class Trainer:
             late = max_seconds is not None and time.perf_counter() - began >= max_seconds
             if late if world is None else any_rank(world, late):  # all processes stop, or none
                 break
-            redraw = epoch != start_epoch and getattr(source, "fresh_each_epoch", False)
-            batch = as_tensors(source, _epoch_generator(seed, epoch), device) if redraw else first
+            batch = upcoming.result() if epoch != start_epoch and fresh else first
+            upcoming = None
             if isinstance(self._loss, TracedLoss):
                 self._loss.recheck()  # a callback may have changed a number the graph froze
             order_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -452,6 +461,8 @@ class Trainer:
             steps = math.ceil(n / batch_size)
             bar = tqdm(total=steps, disable=not progress, desc=f"epoch {epoch}/{epochs}", leave=False)
             start, total = time.perf_counter(), torch.zeros((), dtype=torch.float64)
+            if fresh and epoch < epochs:  # the same values as drawn then: seeded by (seed, epoch + 1)
+                upcoming = redraws.submit(as_tensors, source, _epoch_generator(seed, epoch + 1), device)
             batches = getattr(source, "minibatches", minibatches)  # a source's own batching (text: by length)
             parts = ((part, part[0].shape[0]) for part in batches(batch, batch_size, order_gen))
             if world is not None:  # every process its own noise, from (seed, epoch, rank): resumable with any world
@@ -473,6 +484,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{total.item() / min(n, (i + 1) * batch_size):.2f}")
                 bar.update(1)
             bar.close()
+            if upcoming is not None:
+                upcoming.exception()  # drawn within the epoch: callbacks and held-out bounds run alone
             self.scheduler.step()
             self.epoch = epoch
             record: dict[str, Any] = {
