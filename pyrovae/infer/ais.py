@@ -72,7 +72,7 @@ from .importance import (
     site_infer,
     weight_summaries,
 )
-from .parallel import map_chunks, resolve_workers
+from .parallel import map_chunks
 
 SCHEDULES = ("sigmoid", "linear")
 
@@ -359,7 +359,6 @@ def annealed_log_marginal_likelihood(
     bar = tqdm(total=-(-num_rows // rows) * (options.num_steps + pilot_steps), disable=not show,
                desc=f"log p(x) by AIS, T={options.num_steps}, C={num_samples}", unit="step")
     num_chunks = -(-num_rows // rows)
-    workers = resolve_workers(workers, num_chunks, (x, *args))
 
     def chunk(j: int, bar) -> dict[str, torch.Tensor]:
         index = slice(j * rows, min((j + 1) * rows, num_rows))
@@ -497,7 +496,6 @@ def bdmc(
     bar = tqdm(total=-(-num_rows // rows) * (2 * options.num_steps + pilot_steps), disable=not show,
                desc=f"BDMC, T={options.num_steps}, C={num_samples}", unit="step")
     num_chunks = -(-num_rows // rows)
-    workers = resolve_workers(workers, num_chunks, (x_sim, *args))
 
     def chunk(j: int, bar) -> tuple[dict, dict]:
         index = slice(j * rows, min((j + 1) * rows, num_rows))

@@ -66,6 +66,7 @@ from pyro.poutine.util import site_is_subsample
 from .._text import first_line
 from ..data import DataError, as_float_tensor
 from .handlers import cuda_devices, restores_global_state
+from .parallel import map_chunks
 
 PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's vectorised ELBOs use
 # PSIS fits the largest min(K/5, 3 sqrt(K)) weights; ArviZ 1.x needs at least 5 of them
@@ -754,10 +755,7 @@ def log_marginal_likelihood(
     show = progress if progress is not None else num_rows * num_samples >= 5_000_000
     from tqdm.auto import tqdm
 
-    from .parallel import map_chunks, resolve_workers
-
     num_chunks = -(-num_rows // rows)
-    workers = resolve_workers(workers, num_chunks, (x, *args))
     how = "defensive IS" if method == "defensive" else "IS"
     bar = tqdm(total=num_rows, disable=not show, desc=f"log p(x) by {how}, K={num_samples}", unit="x")
 

@@ -46,10 +46,10 @@ class WorkerError(RuntimeError):
     """An evaluation worker process died before returning its chunk."""
 
 
-def resolve_workers(workers: int | None, num_chunks: int, tensors: tuple) -> int | None:
+def _worker_count(workers: int | None, num_chunks: int, tensors: tuple) -> int | None:
     """``workers`` checked and capped at the number of chunks; for ``None`` (automatic), ``1`` where
     forking is not an option (CUDA tensors, a ``torch.distributed`` process, no fork, one torch
-    thread or one chunk), else ``None``: :func:`map_chunks` decides after timing the first chunk."""
+    thread or one chunk), else ``None``: decided after timing the first chunk."""
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a whole number >= 1 or None (automatic), not {workers!r}")
@@ -79,7 +79,10 @@ def map_chunks(fn: Callable[[int, object], T], num_chunks: int, *, workers: int 
     ``bar=None``; the progress bar then advances by ``units(j)`` as chunk ``j`` comes back. With
     ``workers=None`` the first chunk runs here, and the rest go to one worker per torch thread if
     they would take more than ``MIN_PARALLEL_SECONDS`` (1 s) at its pace, else here too.
+    A ``workers`` that is not a whole number >= 1, or > 1 where forking is impossible, is refused
+    before any chunk runs.
     """
+    workers = _worker_count(workers, num_chunks, tensors)
     base = int(torch.randint(0, 2**62, ()).item())
     devices = cuda_devices(tensors)
     with torch.random.fork_rng(devices=devices):
