@@ -12,20 +12,28 @@ Variants, alternated round by round (median over rounds): the Bernoulli log-prob
 one ``binary_cross_entropy_with_logits`` (what pyrovae used before) and the library's
 current one, each at several chunk sizes (most (sample, image) pairs per pass) and numbers of
 worker processes (``workers``: chunks in forked single-thread processes; 1 = in this process
-on ``--threads`` threads).
+on ``--threads`` threads), and with glibc's allocator settings (``system``) or the CLI's
+(``heap``: ``pyrovae.reuse_freed_memory``, freed memory kept in the heap), in this process and
+its workers. A process cannot go back to glibc's dynamic mmap threshold once it is changed, so
+each round runs in a fresh process per mode, the modes alternating.
 
     python benchmarks/eval_speed.py --threads 1     # writes JSON + the table in docs/
     python benchmarks/eval_speed.py --threads 2 --workers 1 2 --log-probs library \
         --json benchmarks/results/eval_speed_2threads.json --section eval-speed-2threads
+    python benchmarks/eval_speed.py --threads 2 --workers 1 2 --log-probs library --malloc system heap \
+        --chunk-sizes 4096 16384 65536 --json benchmarks/results/eval_speed_malloc.json --section eval-speed-malloc
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +92,37 @@ def time_eval(vae, x, num_samples, chunk_size, log_prob, workers=1) -> float:
     return time.perf_counter() - start
 
 
+def one_round(args) -> dict:
+    """The matmul reference and every variant once, in this process: {"peak": GFLOP/s, "times": [s, ...]}."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    vae = pyrovae.VAE(latent_dim=50, hidden=(200, 200), activation="tanh")
+    x = pyrovae.load_embedded_mnist().observations(torch.Generator().manual_seed(0))[: args.images]
+    library = IndependentBernoulli.log_prob
+    time_eval(vae, x[:2], 200, args.chunk_sizes[0], library)  # warm-up
+    peak = matmul_gflops()
+    times = [time_eval(vae, x, args.num_samples, chunk, LOG_PROBS[name], w) for name, chunk, w in variants_of(args)]
+    IndependentBernoulli.log_prob = library
+    usage = [resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return {"peak": peak, "times": times, "peak_rss_gib": usage}
+
+
+def variants_of(args) -> list[tuple[str, int, int]]:
+    return [(name, c, w) for name in args.log_probs for c in args.chunk_sizes for w in args.workers]
+
+
+def round_in_child(args, malloc: str) -> dict:
+    argv = [sys.executable, __file__, "--child-round", "--malloc", malloc, "--threads", str(args.threads),
+            "--images", str(args.images), "--num-samples", str(args.num_samples),
+            "--chunk-sizes", *map(str, args.chunk_sizes), "--workers", *map(str, args.workers),
+            "--log-probs", *args.log_probs]
+    env = {k: v for k, v in os.environ.items() if k != "PYROVAE_SYSTEM_MALLOC"}
+    if malloc == "system":  # glibc's defaults in the workers too (they keep freed memory otherwise)
+        env["PYROVAE_SYSTEM_MALLOC"] = "1"
+    done = subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=100, help="images per timed run (scaled to 1,000)")
@@ -93,32 +132,37 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, nargs="+", default=[1], help="worker processes (1 = in process)")
     p.add_argument("--log-probs", nargs="+", choices=list(LOG_PROBS), default=list(LOG_PROBS))
+    p.add_argument("--malloc", nargs="+", choices=["system", "heap"], default=["system"],
+                   help="glibc's allocator settings, or freed memory kept in the heap (pyrovae.reuse_freed_memory)")
+    p.add_argument("--child-round", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--section", default="eval-speed", help="marked section of --docs to rewrite")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
     p.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"))
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    vae = pyrovae.VAE(latent_dim=50, hidden=(200, 200), activation="tanh")
-    x = pyrovae.load_embedded_mnist().observations(torch.Generator().manual_seed(0))[: args.images]
-    library = IndependentBernoulli.log_prob
-    variants = [(name, c, w) for name in args.log_probs for c in args.chunk_sizes for w in args.workers]
+    if args.child_round:
+        if args.malloc == ["heap"] and not pyrovae.reuse_freed_memory():
+            raise SystemExit("reuse_freed_memory did not take (not glibc, or PYROVAE_SYSTEM_MALLOC is set)")
+        print(json.dumps(one_round(args)))
+        return
+    modes = args.malloc
+    variants = [(m, *v) for m in modes for v in variants_of(args)]
     times = {v: [] for v in variants}
-    peaks = []
-    time_eval(vae, x[:2], 200, args.chunk_sizes[0], library)  # warm-up
+    peaks, rss = [], [0.0, 0.0]
     for r in range(args.rounds):
-        peaks.append(matmul_gflops())
-        for name, chunk, w in variants:
-            times[(name, chunk, w)].append(time_eval(vae, x, args.num_samples, chunk, LOG_PROBS[name], w))
-            print(f"round {r}: {name}, chunk {chunk}, workers {w}: {times[(name, chunk, w)][-1]:.2f} s", flush=True)
-    IndependentBernoulli.log_prob = library
+        for m in modes:
+            res = round_in_child(args, m)
+            peaks.append(res["peak"])
+            rss = [max(a, b) for a, b in zip(rss, res["peak_rss_gib"])]
+            for v, t in zip(variants_of(args), res["times"]):
+                times[(m, *v)].append(t)
+                print(f"round {r}: malloc {m}, {v[0]}, chunk {v[1]}, workers {v[2]}: {t:.2f} s", flush=True)
     peak = statistics.median(peaks)
     results = []
-    for (name, chunk, w), t in times.items():
+    for (m, name, chunk, w), t in times.items():
         sec = statistics.median(t)
         gflops = useful_flops(args.images, args.num_samples, chunk) / sec / 1e9
         results.append({
-            "log_prob": name, "chunk_size": chunk, "workers": w, "seconds_per_run": t,
+            "malloc": m, "log_prob": name, "chunk_size": chunk, "workers": w, "seconds_per_run": t,
             "seconds_per_1000_images": sec * 1000 / args.images,
             "gflops": gflops, "share_of_matmul": gflops / peak,
         })
@@ -126,23 +170,23 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(), "threads": args.threads,
         "torch": torch.__version__, "pyro": pyro.__version__, "images": args.images,
         "num_samples": args.num_samples, "rounds": args.rounds, "matmul_gflops": peak,
-        "matmul_gflops_per_round": peaks,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "peak_rss_worker_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+        "matmul_gflops_per_round": peaks, "peak_rss_gib": rss[0], "peak_rss_worker_gib": rss[1],
         "command": f"python benchmarks/eval_speed.py --threads {args.threads} --images {args.images} "
         f"--chunk-sizes {' '.join(map(str, args.chunk_sizes))} --rounds {args.rounds} "
-        f"--workers {' '.join(map(str, args.workers))} --log-probs {' '.join(repr(n) for n in args.log_probs)}",
+        f"--workers {' '.join(map(str, args.workers))} --log-probs {' '.join(repr(n) for n in args.log_probs)} "
+        f"--malloc {' '.join(modes)}",
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = [
-        "| Bernoulli log-prob | chunk size | workers | s per 1,000 images | GFLOP/s | share of matmul |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| malloc | Bernoulli log-prob | chunk size | workers | s per 1,000 images | GFLOP/s | share of matmul |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
-            f"| {r['log_prob']} | {r['chunk_size']} | {r['workers']} | {r['seconds_per_1000_images']:.1f} | "
+            f"| {r['malloc']} | {r['log_prob']} | {r['chunk_size']} | {r['workers']} | "
+            f"{r['seconds_per_1000_images']:.1f} | "
             f"{r['gflops']:.1f} | {r['share_of_matmul']:.0%} |"
         )
     body = (

@@ -2,7 +2,7 @@
 
 The text VAE's logits (batch x length x 10,002 words, ~64 MB at batch 64) are above glibc's mmap
 threshold, so with the defaults every step maps fresh pages from the kernel and faults them in
-zeroed. ``pyrovae train`` keeps freed memory in the heap instead (``pyrovae.cli.common.
+zeroed. ``pyrovae train`` keeps freed memory in the heap instead (``pyrovae.
 reuse_freed_memory``; ``PYROVAE_SYSTEM_MALLOC=1`` turns it off). Alternating runs of the same
 command, one thread each, medians; wall, user and system seconds of the whole process.
 

@@ -33,8 +33,7 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae import diagnostics
-from pyrovae.cli.common import reuse_freed_memory
+from pyrovae import diagnostics, reuse_freed_memory
 from pyrovae.io import write_json
 from pyrovae.models.text import text_scores
 from pyrovae.runs import load_run, load_run_data

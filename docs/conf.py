@@ -167,6 +167,12 @@ pyrovae_gallery_examples = {
                  "--train-size 600 --test-size 60 --num-samples 10 --no-progress --out {out}",
         "full": "--no-progress --out {out}",
     },
+    "text_vae": {
+        "title": "A sentence VAE on the Penn Treebank",
+        "quick": "--train-size 200 --test-size 8 --epochs 1 --latent-dim 4 --hidden 16 --embed-dim 16 "
+                 "--word-dropout 0.2 --free-bits 0.5 --kl-anneal 10 --num-samples 30 --no-progress --out {out}",
+        "full": "--no-progress --out {out}",
+    },
     "autoencoders": {
         "title": "Autoencoders beside a VAE",
         "quick": "--epochs 1 --train-size 300 --test-size 100 --batch-size 100 --latent-dim 4 --hidden 32 "

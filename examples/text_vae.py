@@ -70,6 +70,7 @@ def main(args):
     out.mkdir(parents=True, exist_ok=True)
     written = write_text_outputs(vae, out, test, args.seed)
     print(f"wrote {', '.join(written)} into {out}")
+    print("\n".join((out / "samples.txt").read_text().splitlines()[:7]))  # the header and 3 samples
     print((out / "homotopies.txt").read_text().split("\n\n")[0])
 
 

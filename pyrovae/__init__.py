@@ -22,6 +22,7 @@ from .infer import (
     unscaled,
 )
 from .likelihoods import Likelihood, make_likelihood
+from .memory import reuse_freed_memory
 from .models import MODELS, VAE, build_model, register_model
 from .priors import Prior, make_prior
 from .runs import build_trainer, load_model, load_run_data
@@ -63,6 +64,7 @@ __all__ = [
     "make_likelihood",
     "make_prior",
     "register_model",
+    "reuse_freed_memory",
     "set_factor",
     "train",
     "unscaled",

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 
@@ -244,8 +245,31 @@ def test_a_data_space_the_likelihood_cannot_score_is_refused_in_flags(tmp_path, 
 
 
 def test_the_cli_keeps_freed_memory_in_the_heap_unless_told_not_to():
-    code = "import sys; from pyrovae.cli.common import reuse_freed_memory; sys.exit(0 if reuse_freed_memory() else 1)"
+    code = "import sys; from pyrovae import reuse_freed_memory; sys.exit(0 if reuse_freed_memory() else 1)"
     glibc = platform.libc_ver()[0] == "glibc"
     assert subprocess.run([sys.executable, "-c", code]).returncode == (0 if glibc else 1)
     env = {**os.environ, "PYROVAE_SYSTEM_MALLOC": "1"}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 1
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_memory_kept_in_the_heap_is_not_faulted_in_again():
+    # 64 MB tensors are above glibc's mmap threshold: by default each one maps (and faults in) fresh pages
+    code = """if True:
+        import resource, sys, torch, pyrovae
+        took = pyrovae.reuse_freed_memory()
+        torch.ones(2**24)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            torch.ones(2**24)
+        print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)"""
+
+    def faults(**env):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    (kept, heap), (default, system) = faults(), faults(PYROVAE_SYSTEM_MALLOC="1")
+    assert kept and not default
+    assert system > 5 * 2**26 / resource.getpagesize() / 2  # 16,384 pages per tensor, faulted in each time
+    assert heap < system / 3  # at most one of the five (where the heap had to grow)

@@ -21,13 +21,16 @@ import torch
 import pyrovae
 from pyrovae.data import minibatches
 from pyrovae.infer import Trainer, make_objective
-from pyrovae.infer.distributed import World, rank_seed
+from pyrovae.infer.distributed import World, rank_seed, shard
 from pyrovae.infer.trainer import _shares
+from pyrovae.models.text import TextVAE
+from pyrovae.text import bucket_minibatches, from_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 TIMEOUT = 120  # seconds for a group of processes; each takes ~10 s here
 ROWS, BATCH, SEED = 64, 64, 0
+SENTENCES = ["a b", "b", "a a b a", "b b b", "a", "b a", "a b b", "b a a b a b"]  # lengths 1 to 6 words
 
 
 def _env() -> dict[str, str]:
@@ -45,6 +48,13 @@ def _vae():
     return pyrovae.VAE(latent_dim=4, hidden=(32,))
 
 
+def _text_vae():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(SEED)
+    data = from_sentences(SENTENCES)
+    return data, TextVAE(len(data.vocab), 2, (8,), 6)
+
+
 # ---------------------------------------------------------------- workers (run in spawned processes)
 
 
@@ -52,6 +62,18 @@ def _one_step(rank: int) -> dict:
     vae = _vae()
     trainer = Trainer(vae.model, vae.guide)
     trainer.fit(_data(), epochs=1, batch_size=BATCH, seed=SEED, progress=False, verbose=False)
+    return _outcome(trainer)
+
+
+def _text_step(rank: int) -> dict:
+    """One step on all the sentences: the global batch cut by length (TextData.minibatches)."""
+    data, vae = _text_vae()
+    trainer = Trainer(vae.model, vae.guide, jit=False)
+    trainer.fit(data, epochs=1, batch_size=len(SENTENCES), seed=SEED, progress=False, verbose=False)
+    return _outcome(trainer)
+
+
+def _outcome(trainer) -> dict:
     return {
         "params": {n: p.detach().clone() for n, p in zip(trainer.param_names, trainer.params)},
         "grads": {n: p.grad.clone() for n, p in zip(trainer.param_names, trainer.params)},
@@ -87,7 +109,8 @@ def _callback_fails_on_rank_0(rank: int) -> dict:
     return {}
 
 
-WORKERS = {"one_step": _one_step, "nan_on_rank_1": _nan_on_rank_1, "callback_fails": _callback_fails_on_rank_0}
+WORKERS = {"one_step": _one_step, "text_step": _text_step, "nan_on_rank_1": _nan_on_rank_1,
+           "callback_fails": _callback_fails_on_rank_0}
 
 
 def _worker(rank: int, size: int, store: str, jobs: list[str], out: str) -> None:
@@ -136,7 +159,7 @@ def two_ranks(tmp_path_factory):
     """One pair of gloo processes runs every job in turn (starting processes is the slow part):
     ``(folder of their outputs, exit codes)``."""
     out = tmp_path_factory.mktemp("ranks")
-    return out, _spawn(["one_step", "nan_on_rank_1", "callback_fails"], out)
+    return out, _spawn(["one_step", "text_step", "nan_on_rank_1", "callback_fails"], out)
 
 
 def test_shares_cover_each_global_batch_once_in_the_single_process_order():
@@ -170,37 +193,53 @@ def test_one_data_parallel_step_equals_the_single_process_step(two_ranks):
     results = [torch.load(out / f"rank{r}.one_step.pt") for r in range(2)]
 
     x = _data()
-    vae = _vae()
-    objective = make_objective("elbo", 1, 1)
     order = torch.randperm(ROWS, generator=torch.Generator().manual_seed(SEED * 100_003 + 1))
+    shares = [x[idx] for idx in order.tensor_split(2)]
+    _check_against_one_process(results, lambda: _vae(), shares, x[:2], ROWS)
+
+
+def test_a_data_parallel_step_on_sentences_batched_by_length_equals_the_single_process_step(two_ranks):
+    """Text: the global batch is the length-sorted sentences trimmed to the longest, and each
+    process takes its contiguous share of it; one step equals one process's step on the shares."""
+    out, _ = two_ranks
+    assert not list(out.glob("*.text_step.err")), [p.read_text() for p in out.glob("*.text_step.err")]
+    results = [torch.load(out / f"rank{r}.text_step.pt") for r in range(2)]
+    data, _ = _text_vae()
+    (batch,) = bucket_minibatches(data.tokens, len(SENTENCES), torch.Generator().manual_seed(SEED * 100_003 + 1))
+    shares = [shard(batch[0], World(r, 2)) for r in range(2)]
+    assert shares[0].shape == shares[1].shape and not torch.equal(shares[0], shares[1])
+    _check_against_one_process(results, lambda: _text_vae()[1], shares, data.tokens[:2], len(SENTENCES))
+
+
+def _check_against_one_process(results, build, shares, probe, rows):
+    """The processes' parameters and gradients after their step equal one process's step that
+    sums the gradients of the shares, each share with the noise of its rank; they are not those
+    of a step on one share alone (so the check can fail)."""
     names = sorted(results[0]["params"])
-    store = pyro.get_param_store()
+    objective = make_objective("elbo", 1, 1)
 
     def reference(ranks):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(SEED)
-        vae = _vae()
+        model = build()
         with torch.random.fork_rng():
-            objective.differentiable_loss(vae.model, vae.guide, x[:2])  # registers the parameters
-        params = [store.get_param(n).unconstrained() for n in names]
+            objective.differentiable_loss(model.model, model.guide, probe)  # registers the parameters
+        params = [pyro.get_param_store().get_param(n).unconstrained() for n in names]
         total = 0.0
         for r in ranks:
             pyro.set_rng_seed(rank_seed(SEED, 1, r))
-            loss = objective.differentiable_loss(vae.model, vae.guide, x[order.tensor_split(2)[r]])
+            loss = objective.differentiable_loss(model.model, model.guide, shares[r])
             loss.backward()
             total += loss.item()
         grads = {n: p.grad.clone() for n, p in zip(names, params)}
         torch.optim.Adam(params, lr=1e-3, fused=True).step()  # the trainer's optimiser
         return {n: p.detach().clone() for n, p in zip(names, params)}, grads, total
 
-    del vae
     params, grads, total = reference([0, 1])
     for r in range(2):
         assert results[r]["steps"] == 1
         for n in names:
             assert torch.allclose(results[r]["params"][n], params[n], rtol=0, atol=1e-6), n
             assert torch.allclose(results[r]["grads"][n], grads[n], rtol=1e-4, atol=1e-4), n
-        assert results[r]["train_bound"] == pytest.approx(-total / ROWS, rel=1e-5)
+        assert results[r]["train_bound"] == pytest.approx(-total / rows, rel=1e-5)
     for n in names:  # the processes agree exactly
         assert torch.equal(results[0]["params"][n], results[1]["params"][n])
     alone, _, _ = reference([0])  # what a step without the all-reduce would give

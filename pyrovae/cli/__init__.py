@@ -16,9 +16,10 @@ from ..config import ConfigError
 from ..data import DataError
 from ..infer import ContractError, TrainingError
 from ..infer.trainer import request_stop
+from ..memory import reuse_freed_memory
 from ..runs import RunBusyError
 from . import compare, diagnose, evaluate, sample, train
-from .common import CLIError, Parser, reuse_freed_memory, to_flags
+from .common import CLIError, Parser, to_flags
 
 COMMANDS = (train, sample, evaluate, compare, diagnose)
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import inspect
 import math
-import os
-import platform
 import re
 from pathlib import Path
 from typing import Any
@@ -21,26 +18,6 @@ from ..runs import RunFolder, load_run, run_exists
 
 class CLIError(Exception):
     """A user error, printed without a traceback."""
-
-
-def reuse_freed_memory() -> bool:
-    """Keep memory that tensors free in the heap for the next ones (glibc; the CLI calls it).
-
-    glibc maps allocations above 32 MB (a text model's logits: batch x length x 10,002 words)
-    from the kernel and unmaps them when freed, so every step faults in freshly zeroed pages:
-    a third of a PTB training epoch on our CPU was system time (docs/text.md). Serving them from
-    the heap, and not trimming it, keeps the peak's pages for the life of the process. The
-    same as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` for any Python process;
-    ``PYROVAE_SYSTEM_MALLOC=1`` keeps glibc's defaults. Returns whether the settings took.
-    """
-    if os.environ.get("PYROVAE_SYSTEM_MALLOC") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 2**31 - 1) == 1
 
 
 # Python keyword -> command-line flag, for library messages such as "lower lr= or set clip_norm="

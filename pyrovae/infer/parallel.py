@@ -35,6 +35,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from ..memory import reuse_freed_memory
 from .handlers import cuda_devices
 
 T = TypeVar("T")
@@ -157,6 +158,7 @@ def _start_worker(job: tuple) -> None:
     global _JOB
     _JOB = job
     torch.set_num_threads(1)
+    reuse_freed_memory()  # the worker's own heap, gone with it: no fresh pages for each chunk's tensors
 
 
 def _run_chunk(j: int):

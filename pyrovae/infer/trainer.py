@@ -146,9 +146,10 @@ class Trainer:
         if hasattr(objective, "differentiable_loss") or hasattr(objective, "loss_and_grads"):
             _require(num_particles == 1, "num_particles= is for named objectives; an objective object has its own")
         self.model, self.guide = model, guide
-        owner = getattr(model, "__self__", None)
-        self.check_data = check_data or getattr(owner, "check_data", None)
-        self.prepare_data = prepare_data or getattr(owner, "prepare_data", None)
+        # a bound method's object (a pyrovae model class): its data checks, chunk size, held-out metrics
+        self._owner = getattr(model, "__self__", None)
+        self.check_data = check_data or getattr(self._owner, "check_data", None)
+        self.prepare_data = prepare_data or getattr(self._owner, "prepare_data", None)
         self.objective_spec, self.num_particles = objective, num_particles
         self.objective = make_objective(objective, num_particles, max_plate_nesting)
         self.objective_name = objective_label(self.objective, objective)
@@ -371,7 +372,7 @@ class Trainer:
         bound = make_objective(objective, num_particles, self.max_plate_nesting)
         model, guide = unscaled(self.model), unscaled(self.guide)
         # a model whose passes are large (text: a softmax over the vocabulary per token) names its chunk size
-        pairs = getattr(getattr(self.model, "__self__", None), "evaluation_chunk_size", None)
+        pairs = getattr(self._owner, "evaluation_chunk_size", None)
         if pairs is not None:
             batch_size = min(batch_size, max(1, pairs // num_particles))
         total = 0.0
@@ -518,7 +519,7 @@ class Trainer:
     def _heldout_metrics(self, batch: tuple[torch.Tensor, ...], seed: int) -> dict[str, float]:
         """The owner's ``heldout_metrics(*batch)`` (e.g. a classifier's accuracy), with its own
         random numbers so that it leaves the course of training unchanged."""
-        metrics = getattr(getattr(self.model, "__self__", None), "heldout_metrics", None)
+        metrics = getattr(self._owner, "heldout_metrics", None)
         if metrics is None:
             return {}
         with torch.random.fork_rng(devices=cuda_devices(batch)), torch.no_grad():
