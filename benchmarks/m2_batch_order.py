@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from pyrovae.models import M2
 from pyrovae.models.m2 import PYRO_TRAINING, SemiSupervisedImages
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = os.environ.get("PYROVAE_DATA", str(ROOT.parent / "shared" / "data"))
 
 
 def alternating_minibatches(data: Sequence[torch.Tensor], batch_size: int, generator: torch.Generator | None = None,
@@ -73,8 +71,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pyrovae.reuse_freed_memory()
-    train = pyrovae.load_dataset("mnist", "train", DATA_DIR)
-    test = pyrovae.load_dataset("mnist", "test", DATA_DIR)
+    train = pyrovae.load_dataset("mnist", "train")
+    test = pyrovae.load_dataset("mnist", "test")
     if args.train_size:
         train, test = train.subset(slice(0, args.train_size)), test.subset(slice(0, args.train_size // 6))
     torch.manual_seed(args.seed)

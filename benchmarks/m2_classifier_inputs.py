@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ import pyrovae
 from pyrovae.models.m2 import choose_labelled
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = os.environ.get("PYROVAE_DATA", str(ROOT.parent / "shared" / "data"))
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, binarise: bool, epochs: int, seed: int) -> nn.Module:
@@ -66,8 +64,8 @@ def main() -> None:
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "m2_classifier_inputs.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    train = pyrovae.load_dataset("mnist", "train", DATA_DIR)
-    test = pyrovae.load_dataset("mnist", "test", DATA_DIR)
+    train = pyrovae.load_dataset("mnist", "train")
+    test = pyrovae.load_dataset("mnist", "test")
     grey, grey_test = train.with_space("grey").observations(), test.with_space("grey").observations()
     binary_test = torch.bernoulli(grey_test, generator=torch.Generator().manual_seed(7919))
     start = time.perf_counter()

@@ -48,6 +48,11 @@ def _vae():
     return pyrovae.VAE(latent_dim=4, hidden=(32,))
 
 
+def _epoch_1_order() -> torch.Generator:
+    """The generator of the trainer's batch order in epoch 1 (``seed * 100_003 + epoch``)."""
+    return torch.Generator().manual_seed(SEED * 100_003 + 1)
+
+
 def _text_vae():
     pyro.clear_param_store()
     pyro.set_rng_seed(SEED)
@@ -193,9 +198,9 @@ def test_one_data_parallel_step_equals_the_single_process_step(two_ranks):
     results = [torch.load(out / f"rank{r}.one_step.pt") for r in range(2)]
 
     x = _data()
-    order = torch.randperm(ROWS, generator=torch.Generator().manual_seed(SEED * 100_003 + 1))
+    order = torch.randperm(ROWS, generator=_epoch_1_order())
     shares = [x[idx] for idx in order.tensor_split(2)]
-    _check_against_one_process(results, lambda: _vae(), shares, x[:2], ROWS)
+    _check_against_one_process(results, _vae, shares, x[:2], ROWS)
 
 
 def test_a_data_parallel_step_on_sentences_batched_by_length_equals_the_single_process_step(two_ranks):
@@ -205,7 +210,7 @@ def test_a_data_parallel_step_on_sentences_batched_by_length_equals_the_single_p
     assert not list(out.glob("*.text_step.err")), [p.read_text() for p in out.glob("*.text_step.err")]
     results = [torch.load(out / f"rank{r}.text_step.pt") for r in range(2)]
     data, _ = _text_vae()
-    (batch,) = bucket_minibatches(data.tokens, len(SENTENCES), torch.Generator().manual_seed(SEED * 100_003 + 1))
+    (batch,) = bucket_minibatches(data.tokens, len(SENTENCES), _epoch_1_order())
     shares = [shard(batch[0], World(r, 2)) for r in range(2)]
     assert shares[0].shape == shares[1].shape and not torch.equal(shares[0], shares[1])
     _check_against_one_process(results, lambda: _text_vae()[1], shares, data.tokens[:2], len(SENTENCES))
