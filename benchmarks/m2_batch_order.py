@@ -58,16 +58,21 @@ class AlternatingImages(SemiSupervisedImages):
     minibatches = staticmethod(alternating_minibatches)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--order", choices=["mixed", "alternate"], required=True)
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags every M2 protocol benchmark takes (labels, length, seed, threads, output)."""
     p.add_argument("--num-labels", type=int, default=3000)
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train-size", type=int, default=None, help="the first N training digits (a quick check)")
-    p.add_argument("--json", default=None, help="default: benchmarks/results/m2_batch_order_<order>.json")
+    p.add_argument("--json", default=None, help="default: a file in benchmarks/results named after the flags")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--order", choices=["mixed", "alternate"], required=True)
+    add_run_arguments(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pyrovae.reuse_freed_memory()

@@ -84,7 +84,8 @@ from ..infer.handlers import unscaled
 from ..likelihoods import make_likelihood
 from ..nets import MLP, GaussianHead, activation
 
-#: the training settings of Pyro's examples/vae/ss_vae_M2.py (Adam, betas (0.9, 0.999))
+#: lr and batch size of the example run in Pyro's examples/vae/ss_vae_M2.py (which also sets Adam's
+#: beta1 = 0.95; pyrovae keeps torch's (0.9, 0.999)); 50 epochs (the script's default is 100)
 PYRO_TRAINING = {"lr": 0.00042, "batch_size": 200, "epochs": 50}
 
 
