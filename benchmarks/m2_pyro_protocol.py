@@ -16,7 +16,8 @@ pyrovae's M2 (docs/zoo.md) reaches 0.9323 test accuracy with 3,000 labels after 
 Pyro's other choices are flags: ``--inputs grey`` feeds grey values to the Bernoulli (Pyro's
 example) instead of binarising afresh each epoch; ``--init pyro`` draws every hidden layer's
 weights and biases from N(0, 0.001²) as Pyro's ``utils/custom_mlp.py`` does (output layers keep
-torch's default); ``--beta1 0.95`` is the Adam β1 of Pyro's example run. ``--loop mixed`` trains
+torch's default); ``--heads pyro`` takes exp instead of softplus for the scale of q(z | x, y);
+``--beta1 0.95`` is the Adam β1 of Pyro's example run. ``--loop mixed`` trains
 as pyrovae's Trainer does instead (both streams in every batch, one step of J per batch), on the
 same data split, so that each choice can be changed alone. Results go to
 ``benchmarks/results/m2_pyro_protocol_<loop>_<inputs>_<init>_b<beta1>_<epochs>_labels<N>_seed<S>.json``,
@@ -65,6 +66,17 @@ def pyro_init(m2: M2) -> None:
                 p.normal_(0, 0.001)
 
 
+class ExpScaleHead(torch.nn.Module):
+    """q(z | x, y)'s head as Pyro's example has it: ``scale = exp(.)`` instead of softplus."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.loc, self.scale = head.loc, head.scale
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc(h), self.scale(h).exp()
+
+
 def classification_pair(m2: M2):
     """Pyro's ``model_classify`` / ``guide_classify``: α·log q(y | x) on labelled digits, nothing else."""
 
@@ -89,6 +101,8 @@ def main() -> None:
     p.add_argument("--init", choices=["pyrovae", "pyro"], default="pyrovae")
     p.add_argument("--loop", choices=["pyro", "mixed"], default="pyro",
                    help="pyro: separate batches, the auxiliary loss its own step; mixed: pyrovae's batches, one step")
+    p.add_argument("--heads", choices=["pyrovae", "pyro"], default="pyrovae",
+                   help="pyro: exp for the scale of q(z | x, y), as Pyro's example (pyrovae: softplus)")
     p.add_argument("--beta1", type=float, default=0.9, help="Adam's beta1 (Pyro's example run: 0.95)")
     add_run_arguments(p)
     args = p.parse_args()
@@ -96,7 +110,8 @@ def main() -> None:
     pyrovae.reuse_freed_memory()
     if args.inputs == "grey":
         pyro.enable_validation(False)  # grey values under a Bernoulli, as Pyro's example
-    name = (f"m2_pyro_protocol_{args.loop}_{args.inputs}_{args.init}_b{args.beta1:g}_{args.epochs}"
+    heads = "_expscale" if args.heads == "pyro" else ""
+    name = (f"m2_pyro_protocol_{args.loop}_{args.inputs}_{args.init}{heads}_b{args.beta1:g}_{args.epochs}"
             f"_labels{args.num_labels}_seed{args.seed}.json")
     path = Path(args.json or ROOT / "benchmarks" / "results" / name)
     full, test = pyrovae.load_dataset("mnist", "train"), pyrovae.load_dataset("mnist", "test")
@@ -113,6 +128,8 @@ def main() -> None:
     m2 = M2(num_labels=args.num_labels, label_seed=args.seed)
     if args.init == "pyro":
         pyro_init(m2)
+    if args.heads == "pyro":
+        m2.encoder_z.head = ExpScaleHead(m2.encoder_z.head)
     labelled = choose_labelled(y_train, args.num_labels, m2.num_classes, args.seed)
     sup_rows, unsup_rows = labelled.nonzero()[:, 0], (~labelled).nonzero()[:, 0]
     optim = pyro.optim.Adam({"lr": PYRO_TRAINING["lr"], "betas": (args.beta1, 0.999)})
@@ -153,14 +170,14 @@ def main() -> None:
         print(f"epoch {epoch}: {seconds:.1f} s, loss U {record['loss_unsup']:.2f}, valid "
               f"{record['valid_accuracy']:.4f}, test {record['test_accuracy']:.4f}", flush=True)
         out = {
-            "loop": args.loop, "inputs": args.inputs, "init": args.init, "beta1": args.beta1,
+            "loop": args.loop, "inputs": args.inputs, "init": args.init, "heads": args.heads, "beta1": args.beta1,
             "num_labels": args.num_labels, "seed": args.seed,
             "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"),
             "data": f"MNIST: the first {n_train:,} training digits for training, the last {VALIDATION:,} for "
                     "validation, the 10,000 test digits; " + ("grey values" if args.inputs == "grey" else
                                                              "binarised afresh each epoch, held-out sets once"),
             "command": f"python benchmarks/m2_pyro_protocol.py --loop {args.loop} --inputs {args.inputs} "
-                       f"--init {args.init} --beta1 {args.beta1:g} --num-labels {args.num_labels} "
+                       f"--init {args.init} --heads {args.heads} --beta1 {args.beta1:g} --num-labels {args.num_labels} "
                        f"--epochs {args.epochs} --seed {args.seed}",
             "seconds": time.perf_counter() - start, "epochs_run": epoch,
             "best_valid": {"epoch": best[1]["epoch"], "valid_accuracy": best[0],
