@@ -14,13 +14,14 @@ pyrovae's M2 (docs/zoo.md) reaches 0.9323 test accuracy with 3,000 labels after 
 * test accuracy at the epoch of best validation accuracy, beside every epoch's.
 
 Pyro's other choices are flags: ``--inputs grey`` feeds grey values to the Bernoulli (Pyro's
-example) instead of binarising afresh each epoch; ``--init pyro`` draws every hidden layer's
-weights and biases from N(0, 0.001²) as Pyro's ``utils/custom_mlp.py`` does (output layers keep
-torch's default); ``--heads pyro`` takes exp instead of softplus for the scale of q(z | x, y);
-``--beta1 0.95`` is the Adam β1 of Pyro's example run. ``--loop mixed`` trains
-as pyrovae's Trainer does instead (both streams in every batch, one step of J per batch), on the
-same data split, so that each choice can be changed alone. Results go to
-``benchmarks/results/m2_pyro_protocol_<loop>_<inputs>_<init>_b<beta1>_<epochs>_labels<N>_seed<S>.json``,
+example) instead of binarising afresh each epoch; ``--init pyro`` draws every hidden layer's weights
+and biases from N(0, 0.001²) as Pyro's ``utils/custom_mlp.py`` does (output layers keep torch's
+default); ``--heads pyro`` takes exp instead of softplus for the scale of q(z | x, y); ``--alpha``
+sets the auxiliary loss multiplier (46 in Pyro's example run); ``--beta1 0.95`` is the Adam β1 of
+Pyro's example run. ``--loop mixed`` trains as pyrovae's Trainer does instead (both streams in every
+batch, one step of J per batch), on the same data split, so that each choice can be changed alone.
+Results go to
+``benchmarks/results/m2_pyro_protocol_<loop>_<inputs>_<init>[_expscale][_alpha<a>]_b<beta1>_<epochs>_labels<N>_seed<S>.json``,
 rewritten after every epoch.
 
     export PYROVAE_DATA=../shared/data
@@ -103,6 +104,7 @@ def main() -> None:
                    help="pyro: separate batches, the auxiliary loss its own step; mixed: pyrovae's batches, one step")
     p.add_argument("--heads", choices=["pyrovae", "pyro"], default="pyrovae",
                    help="pyro: exp for the scale of q(z | x, y), as Pyro's example (pyrovae: softplus)")
+    p.add_argument("--alpha", type=float, default=46.0, help="the auxiliary loss multiplier (Pyro's example: 46)")
     p.add_argument("--beta1", type=float, default=0.9, help="Adam's beta1 (Pyro's example run: 0.95)")
     add_run_arguments(p)
     args = p.parse_args()
@@ -110,7 +112,7 @@ def main() -> None:
     pyrovae.reuse_freed_memory()
     if args.inputs == "grey":
         pyro.enable_validation(False)  # grey values under a Bernoulli, as Pyro's example
-    heads = "_expscale" if args.heads == "pyro" else ""
+    heads = ("_expscale" if args.heads == "pyro" else "") + (f"_alpha{args.alpha:g}" if args.alpha != 46 else "")
     name = (f"m2_pyro_protocol_{args.loop}_{args.inputs}_{args.init}{heads}_b{args.beta1:g}_{args.epochs}"
             f"_labels{args.num_labels}_seed{args.seed}.json")
     path = Path(args.json or ROOT / "benchmarks" / "results" / name)
@@ -125,7 +127,7 @@ def main() -> None:
 
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
-    m2 = M2(num_labels=args.num_labels, label_seed=args.seed)
+    m2 = M2(num_labels=args.num_labels, label_seed=args.seed, aux_loss_multiplier=args.alpha)
     if args.init == "pyro":
         pyro_init(m2)
     if args.heads == "pyro":
@@ -170,14 +172,16 @@ def main() -> None:
         print(f"epoch {epoch}: {seconds:.1f} s, loss U {record['loss_unsup']:.2f}, valid "
               f"{record['valid_accuracy']:.4f}, test {record['test_accuracy']:.4f}", flush=True)
         out = {
-            "loop": args.loop, "inputs": args.inputs, "init": args.init, "heads": args.heads, "beta1": args.beta1,
+            "loop": args.loop, "inputs": args.inputs, "init": args.init, "heads": args.heads, "alpha": args.alpha,
+            "beta1": args.beta1,
             "num_labels": args.num_labels, "seed": args.seed,
             "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"),
             "data": f"MNIST: the first {n_train:,} training digits for training, the last {VALIDATION:,} for "
                     "validation, the 10,000 test digits; " + ("grey values" if args.inputs == "grey" else
                                                              "binarised afresh each epoch, held-out sets once"),
             "command": f"python benchmarks/m2_pyro_protocol.py --loop {args.loop} --inputs {args.inputs} "
-                       f"--init {args.init} --heads {args.heads} --beta1 {args.beta1:g} --num-labels {args.num_labels} "
+                       f"--init {args.init} --heads {args.heads} --alpha {args.alpha:g} --beta1 {args.beta1:g} "
+                       f"--num-labels {args.num_labels} "
                        f"--epochs {args.epochs} --seed {args.seed}",
             "seconds": time.perf_counter() - start, "epochs_run": epoch,
             "best_valid": {"epoch": best[1]["epoch"], "valid_accuracy": best[0],
