@@ -92,10 +92,6 @@ def classification_pair(m2: M2):
     return model, guide
 
 
-def accuracy(m2: M2, x: torch.Tensor, y: torch.Tensor) -> float:
-    return sum(int((m2.classify(xb) == yb).sum()) for xb, yb in zip(x.split(1000), y.split(1000))) / len(x)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", choices=["binarised", "grey"], default="binarised")
@@ -140,6 +136,19 @@ def main() -> None:
     aux = SVI(*classification_pair(m2), optim, loss=Trace_ELBO())
     batch, interval = PYRO_TRAINING["batch_size"], int(n_train / args.num_labels)
     data_gen = torch.Generator().manual_seed(args.seed)
+    meta = {  # what the run is; the per-epoch figures are added below
+        "loop": args.loop, "inputs": args.inputs, "init": args.init, "heads": args.heads, "alpha": args.alpha,
+        "beta1": args.beta1,
+        "num_labels": args.num_labels, "seed": args.seed,
+        "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "data": f"MNIST: the first {n_train:,} training digits for training, the last {VALIDATION:,} for "
+                "validation, the 10,000 test digits; " + ("grey values" if args.inputs == "grey" else
+                                                         "binarised afresh each epoch, held-out sets once"),
+        "command": f"python benchmarks/m2_pyro_protocol.py --loop {args.loop} --inputs {args.inputs} "
+                   f"--init {args.init} --heads {args.heads} --alpha {args.alpha:g} --beta1 {args.beta1:g} "
+                   f"--num-labels {args.num_labels} "
+                   f"--epochs {args.epochs} --seed {args.seed}",
+    }
     history, start, best = [], time.perf_counter(), (-1.0, None)
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
@@ -165,24 +174,14 @@ def main() -> None:
         unsup_per = n_train if args.loop == "mixed" else len(unsup_rows)  # mixed: J over every row
         record = {"epoch": epoch, "seconds": seconds, "loss_sup": loss_sup / len(sup_rows),
                   "loss_unsup": loss_unsup / unsup_per, "loss_aux": loss_aux / len(sup_rows),
-                  **{f"{name}_accuracy": accuracy(m2, *held[name]) for name in held}}
+                  **{f"{name}_accuracy": m2.accuracy(*held[name]) for name in held}}
         if record["valid_accuracy"] > best[0]:
             best = (record["valid_accuracy"], record)
         history.append(record)
         print(f"epoch {epoch}: {seconds:.1f} s, loss U {record['loss_unsup']:.2f}, valid "
               f"{record['valid_accuracy']:.4f}, test {record['test_accuracy']:.4f}", flush=True)
         out = {
-            "loop": args.loop, "inputs": args.inputs, "init": args.init, "heads": args.heads, "alpha": args.alpha,
-            "beta1": args.beta1,
-            "num_labels": args.num_labels, "seed": args.seed,
-            "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "data": f"MNIST: the first {n_train:,} training digits for training, the last {VALIDATION:,} for "
-                    "validation, the 10,000 test digits; " + ("grey values" if args.inputs == "grey" else
-                                                             "binarised afresh each epoch, held-out sets once"),
-            "command": f"python benchmarks/m2_pyro_protocol.py --loop {args.loop} --inputs {args.inputs} "
-                       f"--init {args.init} --heads {args.heads} --alpha {args.alpha:g} --beta1 {args.beta1:g} "
-                       f"--num-labels {args.num_labels} "
-                       f"--epochs {args.epochs} --seed {args.seed}",
+            **meta,
             "seconds": time.perf_counter() - start, "epochs_run": epoch,
             "best_valid": {"epoch": best[1]["epoch"], "valid_accuracy": best[0],
                            "test_accuracy": best[1]["test_accuracy"]},

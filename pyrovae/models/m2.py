@@ -356,15 +356,20 @@ class M2(nn.Module):
         return self.encoder_y(x).argmax(-1)
 
     @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> float:
+        """Share of images whose arg max q(y | x) is the true label ``y``, in chunks of ``chunk``."""
+        correct = sum(int((self.classify(xb) == yb).sum()) for xb, yb in zip(x.split(chunk), y.split(chunk)))
+        return correct / len(x)
+
+    @torch.no_grad()
     def heldout_metrics(self, x: torch.Tensor, y: torch.Tensor, labelled: torch.Tensor,
                         chunk: int = 1000) -> dict[str, float]:
         """``heldout_accuracy`` (arg max q(y|x) against the true y) and ``heldout_elbo_enum``, the
         held-out ELBO with y summed out exactly (the trainer's ``heldout_elbo`` samples y ~ q(y|x))."""
-        correct = sum(int((self.classify(xb) == yb).sum()) for xb, yb in zip(x.split(chunk), y.split(chunk)))
         bound, model, guide = M2Objective(weighted=False), unscaled(self.model), unscaled(self.guide)
         parts = zip(x.split(chunk), y.split(chunk), labelled.split(chunk))
         loss = sum(bound.loss(model, guide, *part) for part in parts)
-        return {"heldout_accuracy": correct / len(x), "heldout_elbo_enum": -loss / len(x)}
+        return {"heldout_accuracy": self.accuracy(x, y, chunk), "heldout_elbo_enum": -loss / len(x)}
 
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
