@@ -7,6 +7,7 @@ S = (I + W^T W / s^2)^-1, m = S (A y + W^T (x - B y - b) / s^2).
 """
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -182,6 +183,21 @@ def test_enumerated_mixture_gets_its_exact_log_px_within_the_standard_error(mixt
     err = res.log_px - exact
     assert (err.abs() < 4 * res.stderr).all() and abs(err.mean()) < 4 * res.mean_stderr
     assert res.khat.max() < 0.7
+
+
+def test_enumerated_mixture_compiled_gives_the_eager_estimate(mixture):
+    """The pass compiled by torch.jit (Pyro's sum-product contraction inside the graph) draws the
+    eager pass's random numbers and sums the class out the same way."""
+    model, guide, x, _, _ = mixture
+    runs = {}
+    for jit in (False, True):
+        pyro.set_rng_seed(5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a fallback to eager would warn
+            runs[jit] = pyrovae.log_marginal_likelihood(model, guide, x, num_samples=60, chunk_size=128, jit=jit,
+                                                        workers=1)
+    assert torch.allclose(runs[True].log_px, runs[False].log_px, atol=1e-6, rtol=0)
+    assert not torch.allclose(runs[True].ess, torch.full_like(runs[True].ess, 60.0))  # the weights vary
 
 
 def test_enumeration_inside_a_nested_plate_is_a_product_of_per_pixel_sums():

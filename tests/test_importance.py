@@ -6,6 +6,7 @@ m(x) = S W^T (x - b) / s^2. With q = p(z | x) every weight equals p(x).
 """
 
 import math
+import warnings
 
 import numpy as np
 import pyro
@@ -297,3 +298,72 @@ def test_khat_of_weights_equal_up_to_float32_rounding_is_minus_infinity():
     mixed = np.vstack([lw[:1].astype(np.float64), np.random.default_rng(1).normal(size=(1, 200))])
     k = psis_khat(mixed)
     assert k[0] == -np.inf and np.isfinite(k[1])
+
+
+# ------------------------------------------------------------------------- the compiled pass
+
+
+def _estimates(model, guide, x, *args, jit, **options):
+    pyro.set_rng_seed(0)
+    return pyrovae.log_marginal_likelihood(model, guide, x, *args, jit=jit, workers=1, khat_warn_share=1.0, **options)
+
+
+def test_compiled_pass_gives_the_eager_estimate(lingauss):
+    """A poor guide (the weights vary from draw to draw): the graph draws the eager pass's random numbers.
+    Not to float64 precision: the trace records d log(2 pi) of the MultivariateNormal in float32."""
+    W, b, x, exact, post_cov = lingauss
+    model, guide = make_pair(W, b, post_cov, shift=0.3, widen=1.5)
+    eager = _estimates(model, guide, x, jit=False, num_samples=50, chunk_size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to eager would warn
+        compiled = _estimates(model, guide, x, jit=True, num_samples=50, chunk_size=64)
+    assert torch.allclose(compiled.log_px, eager.log_px, atol=1e-6, rtol=0)
+    assert torch.allclose(compiled.ess, eager.ess, atol=1e-4, rtol=0)
+    assert (eager.log_px - exact).abs().max() > 1e-3  # a frozen draw would have shown
+
+
+def test_compiled_pass_with_a_python_number_argument_gives_the_eager_estimate(lingauss):
+    W, b, x, _, post_cov = lingauss
+    model, guide = make_pair(W, b, post_cov, shift=0.3)
+
+    def scaled_model(x, shift):  # a Python number passed whole to every chunk
+        return model(x - shift)
+
+    def scaled_guide(x, shift):
+        return guide(x - shift)
+
+    eager = _estimates(scaled_model, scaled_guide, x, 0.5, jit=False, num_samples=30, chunk_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled = _estimates(scaled_model, scaled_guide, x, 0.5, jit=True, num_samples=30, chunk_size=16)
+    assert torch.allclose(compiled.log_px, eager.log_px, atol=1e-6, rtol=0)
+
+
+def test_python_branch_on_the_data_is_not_compiled():
+    """A trace would freeze the branch of the first chunk for every chunk; the pass stays eager."""
+    x = torch.tensor([[-1.0], [2.0], [-0.5], [1.5]], dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1, dtype=x.dtype), 1.0).to_event(1))
+            scale = 1.0 if float(x.sum()) > 0 else 3.0  # control flow on the data
+            pyro.sample("x", dist.Normal(z, scale).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 0.8).to_event(1))
+
+    eager = _estimates(model, guide, x, jit=False, num_samples=40, chunk_size=8)
+    with pytest.warns(UserWarning, match=r"converts a tensor to a Python value.*Evaluating without jit"):
+        compiled = _estimates(model, guide, x, jit=True, num_samples=40, chunk_size=8)
+    assert torch.allclose(compiled.log_px, eager.log_px, atol=1e-12, rtol=0)
+    scales = torch.where(x > 0, 1.0, 3.0).squeeze(-1).double()
+    exact = dist.Normal(0.0, (1 + scales**2).sqrt()).log_prob(x.squeeze(-1))
+    assert ((eager.log_px - exact).abs() < 5 * eager.stderr + 1e-6).all()
+
+
+def test_jit_must_be_a_bool_or_none(lingauss):
+    W, b, x, _, post_cov = lingauss
+    model, guide = make_pair(W, b, post_cov)
+    with pytest.raises(ValueError, match="jit must be True, False or None"):
+        pyrovae.log_marginal_likelihood(model, guide, x, num_samples=5, jit="yes")

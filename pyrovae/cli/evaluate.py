@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=positive_int, default=None,
                    help="processes that evaluate chunks side by side, one thread each (default: one per "
                    "thread on the CPU when the work is large; 1 = in this process); the result does not depend on it")
+    p.add_argument("--no-jit", dest="jit", action="store_false", default=None,
+                   help="do not compile the importance-sampling pass with torch.jit.trace (default: compiled when "
+                   "the evaluation is long; checked against eager, so the result does not depend on it)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -84,7 +87,7 @@ def cmd_evaluate(args) -> None:
             model.model, model.guide, *batch, num_samples=k, method=options,
             chunk_size=args.chunk_size or getattr(model, "evaluation_chunk_size", DEFAULT_CHUNK_SIZE),
             progress=args.progress, khat_warn_share=1.0,  # the caution printed below says it in full
-            workers=args.workers,
+            workers=args.workers, jit=args.jit,
         )
         seconds = time.perf_counter() - start
         simulated = _bdmc(model, batch, args, options) if args.bdmc else None

@@ -6,13 +6,16 @@ on data, a Python number that changes later -- is caught by comparing the compil
 the eager one on the same random numbers: on the first two calls of each input shape and on
 the first call of every epoch (:meth:`TracedLoss.recheck`). Any failure to trace, to run or
 to agree makes it warn, naming the cause, and stay eager from then on; it never stops
-training.
+training. The same class compiles the importance-weight pass of
+:func:`~pyrovae.infer.log_marginal_likelihood` (:class:`~pyrovae.infer.importance.CompiledWeights`),
+where it also refuses a trace in which the model's own code turns a tensor into a Python value.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import pyro
 import torch
@@ -28,13 +31,20 @@ class TracedLoss:
 
     The parameters and the named factors (:mod:`pyrovae.infer.factors`) are passed as explicit
     inputs so that the graph reads the live tensors (updated in place by the optimiser and the
-    schedules) instead of baking their first values in as constants.
+    schedules) instead of baking their first values in as constants. ``verify_calls``: how many
+    first calls of each input shape are checked against eager; ``fallback``: what the warning
+    says happens instead; ``refuse_user_conversions``: stay eager when the model's code (anything
+    but torch, Pyro and pyrovae's inference code) turns a tensor into a Python value while
+    tracing (a branch on the data, which a check of the first calls may miss).
     """
 
     VERIFY_CALLS = 2
 
-    def __init__(self, fn: Callable, params: list[torch.Tensor]) -> None:
+    def __init__(self, fn: Callable, params: list[torch.Tensor], verify_calls: int = VERIFY_CALLS,
+                 fallback: str = "Training without jit.", refuse_user_conversions: bool = False) -> None:
         self.fn, self.params = fn, params
+        self.verify_calls, self.fallback = verify_calls, fallback
+        self.refuse_user_conversions = refuse_user_conversions
         self.graphs: dict[tuple, Callable | None] = {}
         self.checks: dict[tuple, int] = {}
         self.failed = False
@@ -50,7 +60,7 @@ class TracedLoss:
             self.checks[key] = 0
         graph = self.graphs[key]
         inputs = (*self.params, *named.values(), *tensors)
-        if graph is not None and self.checks[key] < self.VERIFY_CALLS:
+        if graph is not None and self.checks[key] < self.verify_calls:
             self.checks[key] += 1
             self._verify(graph, inputs, tensors)
         out = None if graph is None or self.failed else self._run(graph, inputs)
@@ -60,13 +70,13 @@ class TracedLoss:
         """Compare each graph with the eager loss again on its next call (e.g. every epoch,
         after a callback may have changed a Python number the model reads)."""
         for key in self.checks:
-            self.checks[key] = min(self.checks[key], self.VERIFY_CALLS - 1)
+            self.checks[key] = min(self.checks[key], self.verify_calls - 1)
 
     def _run(self, graph, inputs) -> torch.Tensor | None:
         try:
             return graph(*inputs)
         except Exception as err:  # e.g. a shape the trace froze
-            self._give_up(f"the jit-traced loss failed ({_cause(err)}). Training without jit.")
+            self._give_up(f"the jit-traced loss failed ({_cause(err)}). {self.fallback}")
             return None
 
     def _give_up(self, message: str) -> None:
@@ -81,16 +91,20 @@ class TracedLoss:
 
         # Tracing runs the loss once; fork the generator so that compiling (e.g. after a
         # resume) does not shift the random numbers training sees.
-        with warnings.catch_warnings(), pyro.validation_enabled(False), poutine.block(), \
+        with warnings.catch_warnings(record=True) as caught, pyro.validation_enabled(False), poutine.block(), \
                 torch.random.fork_rng(devices=cuda_devices(tensors)):
-            warnings.simplefilter("ignore")  # Pyro's tracer warnings and jit's deprecation notice
+            warnings.simplefilter("always")  # recorded, not shown: Pyro's tracer warnings, jit's notice
             try:
-                return torch.jit.trace(flat, (*self.params, *factor_tensors, *tensors), check_trace=False)
+                graph = torch.jit.trace(flat, (*self.params, *factor_tensors, *tensors), check_trace=False)
             except Exception as err:  # a pair tracing cannot follow: stay eager
-                failure = err
-        # outside the block above, which silences warnings, so that the user sees this one
-        self._give_up(f"jit tracing failed, training without it ({_cause(failure)})")
-        return None
+                graph, failure = None, f"jit tracing failed ({_cause(err)})"
+        where = _user_conversion(caught) if graph is not None and self.refuse_user_conversions else None
+        if where is not None:
+            graph, failure = None, (f"{where} converts a tensor to a Python value (control flow on the data?), "
+                                    "which a jit trace would freeze at its first value")
+        if graph is None:  # outside the block above, which records warnings, so that the user sees this one
+            self._give_up(f"{failure}. {self.fallback}")
+        return graph
 
     def _verify(self, graph, inputs, tensors) -> None:
         """Give up on ``graph`` unless it matches the eager loss on the same random numbers."""
@@ -115,8 +129,25 @@ class TracedLoss:
                 f"({_value(compiled)} vs {_value(eager)}): the model or guide has Python control "
                 "flow on data, or reads a Python number that changed since tracing (e.g. a β set "
                 "in a callback; read it with pyrovae.factor('beta') to make it a graph input). "
-                "Training without jit."
+                f"{self.fallback}"
             )
+
+
+# Code whose tensor-to-Python conversions under a trace are of shapes only (a graph is specialised
+# to its input shapes anyway): torch, Pyro, and pyrovae's inference code and distributions. Models,
+# including pyrovae's own (a text model cuts its batch to the longest sentence), are not on the list.
+_SHAPE_ONLY = tuple(str(Path(m.__file__).resolve().parent) for m in (torch, pyro)) + (
+    str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "distributions.py"))
+
+
+def _user_conversion(caught) -> str | None:
+    """``file:line`` of the first tracer warning about a tensor turned into a Python value (``bool``,
+    ``float``, ``.item()``) raised outside the code listed in ``_SHAPE_ONLY``; else ``None``."""
+    for w in caught:
+        if issubclass(w.category, torch.jit.TracerWarning) and "to a Python" in str(w.message):
+            if not str(Path(w.filename).resolve()).startswith(_SHAPE_ONLY):
+                return f"{w.filename}:{w.lineno}"
+    return None
 
 
 def _cause(err: BaseException) -> str:

@@ -237,6 +237,9 @@ class M2(nn.Module):
     """
 
     data_space = "binary-dynamic"
+    # a jit graph always builds the labelled rows' sites (one graph per batch shape, _any_labelled); on
+    # held-out data, where no row is labelled, that is a second decoder pass for nothing: evaluate eagerly
+    evaluation_jit = False
     training_defaults = PYRO_TRAINING  # what `pyrovae train --model m2` uses unless flags say otherwise
 
     def __init__(

@@ -103,6 +103,9 @@ class _TextModel(nn.Module):
 
     # importance sampling holds a (particles x sentences x length x V) softmax: 64 sentence-particles per pass
     evaluation_chunk_size = 64
+    # each pass cuts its sentences to the longest one (Python control flow on the data), which a jit trace
+    # would freeze: importance sampling stays eager
+    evaluation_jit = False
 
     @torch.no_grad()
     def evaluation_summary(self, res, x: torch.Tensor) -> dict[str, Any]:
