@@ -668,8 +668,8 @@ class CompiledWeights:
     and input shapes, with the parameters as graph inputs (:class:`~pyrovae.infer.jit.TracedLoss`).
 
     The graph replays a pass's tensor operations without Pyro's Python work (handlers, trace
-    bookkeeping, shape checks), 1.1-1.3x faster per pass of the IWAE model on our CPU
-    (docs/benchmarks.md). The first call runs eagerly and records which parameters the pair
+    bookkeeping, shape checks): 1.03-1.3x faster per pass of the IWAE model on our CPU, the most
+    for small passes (docs/benchmarks.md). The first call runs eagerly and records which parameters the pair
     reads; each graph's first call is checked against the eager pass on the same random numbers.
     A trace freezes Python control flow at the values it saw, so where the pair's own code turns a
     tensor into a Python value while tracing (``if x.sum() > 0``, ``.item()``), where tracing fails,
