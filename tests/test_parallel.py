@@ -8,6 +8,7 @@ import os
 import resource
 import signal
 import time
+import warnings
 
 import pyro
 import pytest
@@ -39,6 +40,18 @@ def test_workers_give_the_estimate_of_the_loop_in_this_process(lingauss):
     assert torch.equal(again.log_px, runs[2].log_px)  # pyro.set_rng_seed makes it reproducible
     other = _estimate(model, guide, x, 2, seed=1, num_samples=500, chunk_size=1000)
     assert not torch.equal(other.log_px, runs[2].log_px)  # and the seed matters
+
+
+def test_compiled_pass_in_workers_gives_the_eager_estimate(lingauss):
+    """Each forked worker compiles (or inherits) the graph; its chunks draw the eager pass's numbers.
+    float64 data: not to float64 precision, the trace records d log(2 pi) in float32."""
+    W, b, x, _, post_cov = lingauss
+    model, guide = make_pair(W, b, post_cov, shift=0.3, widen=1.3)
+    eager = _estimate(model, guide, x, 1, num_samples=100, chunk_size=200, jit=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to eager would warn
+        compiled = _estimate(model, guide, x, 2, num_samples=100, chunk_size=200, jit=True)
+    assert torch.allclose(compiled.log_px, eager.log_px, atol=1e-6, rtol=0)
 
 
 def test_ais_and_bdmc_in_workers_equal_the_loop_in_this_process(lingauss):
