@@ -308,15 +308,19 @@ def _estimates(model, guide, x, *args, jit, **options):
     return pyrovae.log_marginal_likelihood(model, guide, x, *args, jit=jit, workers=1, khat_warn_share=1.0, **options)
 
 
-def test_compiled_pass_gives_the_eager_estimate(lingauss):
+def test_compiled_pass_gives_the_eager_estimate(lingauss, monkeypatch):
     """A poor guide (the weights vary from draw to draw): the graph draws the eager pass's random numbers.
     Not to float64 precision: the trace records d log(2 pi) of the MultivariateNormal in float32."""
     W, b, x, exact, post_cov = lingauss
     model, guide = make_pair(W, b, post_cov, shift=0.3, widen=1.5)
     eager = _estimates(model, guide, x, jit=False, num_samples=50, chunk_size=64)
+    traced = []
+    trace = torch.jit.trace
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: traced.append(1) or trace(*a, **k))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback to eager would warn
         compiled = _estimates(model, guide, x, jit=True, num_samples=50, chunk_size=64)
+    assert traced  # a graph was built (and, with no warning, used)
     assert torch.allclose(compiled.log_px, eager.log_px, atol=1e-6, rtol=0)
     assert torch.allclose(compiled.ess, eager.ess, atol=1e-4, rtol=0)
     assert (eager.log_px - exact).abs().max() > 1e-3  # a frozen draw would have shown
@@ -339,14 +343,18 @@ def test_compiled_pass_with_a_python_number_argument_gives_the_eager_estimate(li
     assert torch.allclose(compiled.log_px, eager.log_px, atol=1e-6, rtol=0)
 
 
-def test_python_branch_on_the_data_is_not_compiled():
+@pytest.mark.parametrize("total, why", [
+    (lambda x: float(x.sum()), "converts a tensor to a Python or NumPy value"),  # refused when tracing
+    (lambda x: np.asarray(x).sum(), "differs from the eager one"),  # no tracer warning: the check on other rows
+], ids=["float", "numpy"])
+def test_python_branch_on_the_data_is_not_compiled(total, why):
     """A trace would freeze the branch of the first chunk for every chunk; the pass stays eager."""
     x = torch.tensor([[-1.0], [2.0], [-0.5], [1.5]], dtype=torch.float64)
 
     def model(x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(torch.zeros(1, dtype=x.dtype), 1.0).to_event(1))
-            scale = 1.0 if float(x.sum()) > 0 else 3.0  # control flow on the data
+            scale = 1.0 if total(x) > 0 else 3.0  # control flow on the data
             pyro.sample("x", dist.Normal(z, scale).to_event(1), obs=x)
 
     def guide(x):
@@ -354,7 +362,7 @@ def test_python_branch_on_the_data_is_not_compiled():
             pyro.sample("z", dist.Normal(x / 2, 0.8).to_event(1))
 
     eager = _estimates(model, guide, x, jit=False, num_samples=40, chunk_size=8)
-    with pytest.warns(UserWarning, match=r"converts a tensor to a Python value.*Evaluating without jit"):
+    with pytest.warns(UserWarning, match=rf"{why}.*Evaluating without jit"):
         compiled = _estimates(model, guide, x, jit=True, num_samples=40, chunk_size=8)
     assert torch.allclose(compiled.log_px, eager.log_px, atol=1e-12, rtol=0)
     scales = torch.where(x > 0, 1.0, 3.0).squeeze(-1).double()
@@ -367,3 +375,5 @@ def test_jit_must_be_a_bool_or_none(lingauss):
     model, guide = make_pair(W, b, post_cov)
     with pytest.raises(ValueError, match="jit must be True, False or None"):
         pyrovae.log_marginal_likelihood(model, guide, x, num_samples=5, jit="yes")
+    with pytest.raises(ValueError, match="jit=True compiles the weight pass of method='is'"):
+        pyrovae.log_marginal_likelihood(model, guide, x, num_samples=5, method="ais", jit=True)

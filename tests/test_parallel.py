@@ -11,6 +11,7 @@ import time
 import warnings
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from test_importance import make_pair
@@ -52,6 +53,29 @@ def test_compiled_pass_in_workers_gives_the_eager_estimate(lingauss):
         warnings.simplefilter("error")  # a fallback to eager would warn
         compiled = _estimate(model, guide, x, 2, num_samples=100, chunk_size=200, jit=True)
     assert torch.allclose(compiled.log_px, eager.log_px, atol=1e-6, rtol=0)
+
+
+def test_a_fallback_in_the_workers_is_shown_once_in_the_caller():
+    """Every worker gives up on compiling this pair; the caller sees one warning, not one per worker."""
+    x = torch.linspace(-2, 2, 40, dtype=torch.float64)[:, None]
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1, dtype=x.dtype), 1.0).to_event(1))
+            scale = 1.0 if float(x.sum()) > 0 else 3.0  # control flow on the data: not compiled
+            pyro.sample("x", dist.Normal(z, scale).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 0.8).to_event(1))
+
+    eager = _estimate(model, guide, x, 1, num_samples=20, chunk_size=40, jit=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = _estimate(model, guide, x, 2, num_samples=20, chunk_size=40, jit=True)
+    fallbacks = [w for w in caught if "Evaluating without jit" in str(w.message)]
+    assert len(fallbacks) == 1, [str(w.message) for w in caught]
+    assert torch.allclose(compiled.log_px, eager.log_px, atol=1e-12, rtol=0)
 
 
 def test_ais_and_bdmc_in_workers_equal_the_loop_in_this_process(lingauss):

@@ -655,8 +655,8 @@ def _rows(x, model: Callable) -> torch.Tensor:
 
 
 def _chunk_sizes(num_rows: int, num_samples: int, chunk_size: int) -> tuple[int, int]:
-    """``(rows, particles)`` of a pass: at most ``chunk_size`` pairs, the particles in equal passes
-    (K = 5000 at 2**12 is 2 x 2500, not 4096 + 904: one graph under jit, no short pass)."""
+    """``(rows, particles)`` of a pass: at most ``chunk_size`` pairs, the particles in passes as
+    even as possible (K = 5000 at 2**12 is 2 x 2500, not 4096 + 904: one graph under jit)."""
     rows = max(1, min(num_rows, chunk_size // num_samples))
     particles = max(1, min(num_samples, chunk_size // rows))
     passes = -(-num_samples // particles)
@@ -671,10 +671,14 @@ class CompiledWeights:
     bookkeeping, shape checks): 1.03-1.3x faster per pass of the IWAE model on our CPU, the most
     for small passes (docs/benchmarks.md). The first call runs eagerly and records which parameters the pair
     reads; each graph's first call is checked against the eager pass on the same random numbers.
-    A trace freezes Python control flow at the values it saw, so where the pair's own code turns a
-    tensor into a Python value while tracing (``if x.sum() > 0``, ``.item()``), where tracing fails,
-    or where the graph disagrees with the eager pass, it warns once and every later pass runs
-    eagerly: the estimate is the same either way. Positional arguments that are not tensors are
+    Each graph is checked again on the first chunk of other rows. A trace freezes Python control
+    flow at the values it saw, so where the pair's own code turns a tensor into a Python value
+    while tracing (``if x.sum() > 0``, ``.item()``: torch warns, and the trace is refused), where
+    tracing fails, or where a check finds the graph off the eager pass (a branch through
+    ``np.asarray(x)``, which torch does not warn about, that goes the other way on the checked
+    rows), it warns once and every later pass runs eagerly with the same estimate. A branch that
+    agrees on the checked chunks, or Python state that changes later, is beyond these checks:
+    pass ``jit=False`` for such a pair. Positional arguments that are not tensors are
     held fixed at their first value, as a chunked evaluation passes them whole.
     """
 
@@ -686,6 +690,7 @@ class CompiledWeights:
         self.options = {"plate_name": plate_name, "max_plate_nesting": max_plate_nesting}
         self.params: list[torch.Tensor] | None = None
         self.graphs: dict[tuple, TracedLoss] = {}
+        self.rows_traced: dict[tuple, int] = {}  # where each graph's rows start in memory
         self.failed = False
 
     def eager(self, x: torch.Tensor, *args, num_particles: int) -> torch.Tensor:
@@ -715,6 +720,11 @@ class CompiledWeights:
             self.graphs[key] = TracedLoss(weights, self.params, verify_calls=1, fallback=self.FALLBACK,
                                           refuse_user_conversions=True)
         graph = self.graphs[key]
+        if self.rows_traced.setdefault(key, x.data_ptr()) not in (x.data_ptr(), -1):
+            # the first check ran on the rows the graph was traced on; a Python branch on the
+            # data shows only on other rows, so check once more on the first other chunk
+            self.rows_traced[key] = -1
+            graph.recheck()
         out = graph(x, *(args[i] for i in where))
         self.failed = graph.failed
         return out
@@ -767,11 +777,13 @@ def log_marginal_likelihood(
         chunk's pace, the rest would take more than a second and the data are on the CPU. The
         estimate does not depend on it.
     :param jit: compile the weight pass with ``torch.jit.trace`` (:class:`CompiledWeights`;
-        method ``"is"``); default: when the evaluation makes at least 16 passes, ``x`` is not
-        float64 (a trace records constants derived from shapes, e.g. :math:`d \log 2\pi` of a
-        multivariate normal, in float32: ~1e-7 nats off in a float64 model) and the model's
-        owner does not set ``evaluation_jit = False``. The graph draws the eager pass's random
-        numbers and is checked against it, so the estimate does not otherwise depend on it.
+        method ``"is"`` only); default: when the evaluation makes at least 16 passes, ``x`` is
+        on the CPU and not float64 (a trace records constants derived from shapes, e.g.
+        :math:`d \log 2\pi` of a multivariate normal, in float32: ~1e-7 nats off in a float64
+        model) and the model's owner does not set ``evaluation_jit = False``. The graph draws the
+        eager pass's random numbers and is checked against it (on the rows it was traced on and
+        on the first chunk of other rows), so the estimate agrees with the eager one to float
+        rounding.
     :returns: :class:`MarginalLikelihood` with ``log_px``, ``stderr``, ``ess``, ``khat``
         (float64, on the CPU).
 
@@ -803,6 +815,11 @@ def log_marginal_likelihood(
         raise ValueError(f"num_samples must be a whole number >= 1, not {num_samples!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a whole number >= 1 or None, not {chunk_size!r}")
+    if jit is not None and not isinstance(jit, bool):
+        raise ValueError(f"jit must be True, False or None (automatic), not {jit!r}")
+    if jit and method != "is":
+        raise ValueError(f"jit=True compiles the weight pass of method='is'; method={method!r} runs eagerly: "
+                         "pass jit=None or False")
     if method == "ais":
         from .ais import annealed_log_marginal_likelihood
 
@@ -811,8 +828,6 @@ def log_marginal_likelihood(
             chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, plate_name=plate_name,
             max_plate_nesting=max_plate_nesting, progress=progress, workers=workers, **kwargs,
         )
-    if jit is not None and not isinstance(jit, bool):
-        raise ValueError(f"jit must be True, False or None (automatic), not {jit!r}")
     num_rows = x.shape[0]
     rows, particles = _chunk_sizes(num_rows, num_samples, chunk_size or DEFAULT_CHUNK_SIZE)
     if max_plate_nesting is None:
@@ -881,10 +896,11 @@ def log_marginal_likelihood(
 
 
 def _compiles(model: Callable, x: torch.Tensor, num_passes: int) -> bool:
-    """``jit=None``: compile the pass of a long evaluation of float32 data, unless the model's
+    """``jit=None``: compile the pass of a long evaluation of float32 data on the CPU, unless the model's
     owner (a :class:`~pyrovae.models.m2.M2`, a text model) says ``evaluation_jit = False``."""
     owner_says = getattr(getattr(model, "__self__", None), "evaluation_jit", True)
-    return owner_says and num_passes >= MIN_JIT_PASSES and x.dtype != torch.float64
+    # CPU only: the compiled pass has not been measured or tested on a GPU yet (jit=True works there)
+    return owner_says and num_passes >= MIN_JIT_PASSES and x.dtype != torch.float64 and x.device.type == "cpu"
 
 
 def _method(method, num_steps: int | None):

@@ -100,8 +100,8 @@ class TracedLoss:
                 graph, failure = None, f"jit tracing failed ({_cause(err)})"
         where = _user_conversion(caught) if graph is not None and self.refuse_user_conversions else None
         if where is not None:
-            graph, failure = None, (f"{where} converts a tensor to a Python value (control flow on the data?), "
-                                    "which a jit trace would freeze at its first value")
+            graph, failure = None, (f"{where} converts a tensor to a Python or NumPy value (control flow on the "
+                                    "data?), which a jit trace would freeze at its first value")
         if graph is None:  # outside the block above, which records warnings, so that the user sees this one
             self._give_up(f"{failure}. {self.fallback}")
         return graph
@@ -136,16 +136,19 @@ class TracedLoss:
 # Code whose tensor-to-Python conversions under a trace are of shapes only (a graph is specialised
 # to its input shapes anyway): torch, Pyro, and pyrovae's inference code and distributions. Models,
 # including pyrovae's own (a text model cuts its batch to the longest sentence), are not on the list.
-_SHAPE_ONLY = tuple(str(Path(m.__file__).resolve().parent) for m in (torch, pyro)) + (
-    str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "distributions.py"))
+_SHAPE_ONLY = tuple(Path(m.__file__).resolve().parent for m in (torch, pyro)) + (
+    Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "distributions.py")
 
 
 def _user_conversion(caught) -> str | None:
-    """``file:line`` of the first tracer warning about a tensor turned into a Python value (``bool``,
-    ``float``, ``.item()``) raised outside the code listed in ``_SHAPE_ONLY``; else ``None``."""
+    """``file:line`` of the first tracer warning about a tensor turned into a Python or NumPy value
+    (``bool``, ``float``, ``.item()``, ``np.asarray``) raised outside the code listed in
+    ``_SHAPE_ONLY`` (compared by path, so that ``site-packages/pyro`` does not cover ``pyrovae``);
+    else ``None``."""
     for w in caught:
-        if issubclass(w.category, torch.jit.TracerWarning) and "to a Python" in str(w.message):
-            if not str(Path(w.filename).resolve()).startswith(_SHAPE_ONLY):
+        message = str(w.message)
+        if issubclass(w.category, torch.jit.TracerWarning) and ("to a Python" in message or "NumPy" in message):
+            if not any(Path(w.filename).resolve().is_relative_to(d) for d in _SHAPE_ONLY):
                 return f"{w.filename}:{w.lineno}"
     return None
 

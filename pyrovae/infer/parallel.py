@@ -19,12 +19,14 @@ docs/benchmarks.md).
   ``pyro.set_rng_seed`` makes it reproducible as before.
 * A worker that fails raises its error in the caller; a worker that dies (killed, out of
   memory) raises :class:`WorkerError` at once instead of leaving the caller waiting; Ctrl-C
-  stops the workers.
+  stops the workers. The warnings a worker raises are shown in the caller, each message once,
+  under the caller's warning filters.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -122,13 +124,15 @@ def _in_workers(fn, chunks: range, workers: int, base: int, bar, units) -> list:
                                    initargs=((fn, base),))
         try:
             futures = {pool.submit(_run_chunk, j): j for j in chunks}
-            out = {}
+            out, shown = {}, set()
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     j = futures[future]
-                    out[j] = _tensors(future.result())
+                    result, caught = future.result()
+                    out[j] = _tensors(result)
+                    _show_once(caught, shown)
                     if bar is not None:
                         bar.update(units(j))
             pool.shutdown()
@@ -162,9 +166,29 @@ def _start_worker(job: tuple) -> None:
 
 
 def _run_chunk(j: int):
+    """Chunk ``j``'s result and the warnings it raised, which the caller shows (each worker's
+    stderr would show every worker's copy, and the caller's warning filters would not see them)."""
     fn, base = _JOB
     _seed(base + j, [])
-    return _arrays(fn(j, None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _arrays(fn(j, None))
+    return result, [(str(w.message), _sendable(w.category), w.filename, w.lineno) for w in caught]
+
+
+def _sendable(category: type[Warning]) -> type[Warning]:
+    try:
+        pickle.dumps(category)
+        return category
+    except Exception:  # a class defined in a function: its message still reaches the caller
+        return UserWarning
+
+
+def _show_once(caught: list, shown: set) -> None:
+    for message, category, filename, lineno in caught:
+        if (message, category) not in shown:
+            shown.add((message, category))
+            warnings.warn_explicit(message, category, filename, lineno)
 
 
 # Results travel back as numpy arrays, pickled by value: torch's own reduction of a tensor hands
