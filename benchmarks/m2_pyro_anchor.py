@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=RESULTS / "pyro_ss_vae_m2_labels100_seed0.json")
     p.add_argument("--ours", type=Path, nargs="*", default=[
         RESULTS / "m2_pyro_protocol_pyro_grey_pyro_b0.9_50_labels100_seed0.json",
-        RESULTS / "m2_pyro_protocol_pyro_grey_pyro_alpha460_b0.9_10_labels100_seed0.json"])
+        RESULTS / "m2_pyro_protocol_pyro_grey_pyro_alpha460_b0.95_40_labels100_seed0.json"])
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" / "zoo" / "m2-100labels-pyro-vs-pyrovae.png")
     args = p.parse_args()
     if args.log:
