@@ -691,7 +691,11 @@ class CompiledWeights:
         self.params: list[torch.Tensor] | None = None
         self.graphs: dict[tuple, TracedLoss] = {}
         self.rows_traced: dict[tuple, int] = {}  # where each graph's rows start in memory
-        self.failed = False
+
+    @property
+    def failed(self) -> bool:
+        """Whether a graph gave up: every later pass then runs eagerly."""
+        return any(graph.failed for graph in self.graphs.values())
 
     def eager(self, x: torch.Tensor, *args, num_particles: int) -> torch.Tensor:
         return log_importance_weights(self.model, self.guide, x, *args, num_particles=num_particles,
@@ -725,9 +729,7 @@ class CompiledWeights:
             # data shows only on other rows, so check once more on the first other chunk
             self.rows_traced[key] = -1
             graph.recheck()
-        out = graph(x, *(args[i] for i in where))
-        self.failed = graph.failed
-        return out
+        return graph(x, *(args[i] for i in where))
 
 
 @restores_global_state
