@@ -4,6 +4,7 @@
 * ``cvae``, ``quadrant-nn``, ``cvae-label`` -- conditional VAEs and the baseline (:mod:`.cvae`).
 * ``mixture`` -- :class:`MixtureVAE`, a Gaussian mixture in latent space with an enumerated class.
 * ``m2`` -- :class:`M2`, the semi-supervised VAE of Kingma et al. (2014).
+* ``m1m2`` -- :class:`M1M2`, M2 on the latent codes of a trained VAE (Kingma et al. 2014's M1+M2).
 * ``jointvae`` -- :class:`JointVAE`, continuous and relaxed discrete codes with capacity control.
 * ``autoencoder`` -- :class:`AutoEncoder`, plain, denoising, sparse and contractive baselines (no p(x)).
 * ``text-vae``, ``text-lm``, ``text-bow`` -- sentence VAE, LSTM language model, bag-of-words VAE (:mod:`.text`).
@@ -12,6 +13,7 @@
 from .autoencoders import AutoEncoder
 from .cvae import LabelCVAE, QuadrantCVAE, QuadrantNN
 from .jointvae import JointVAE
+from .m1m2 import M1M2, configure_m1m2
 from .m2 import M2, M2Objective
 from .mixture import MixtureVAE
 from .registry import MODELS, ModelEntry, PyroModel, build_model, model_entry, register_model
@@ -36,6 +38,11 @@ register_model(
     "z ~ N(0, I), x|y,z Bernoulli (Kingma et al. 2014)",
 )
 register_model(
+    "m1m2", M1M2, "stacked M1+M2: M2's y and z2 generate the latent z1 of a trained, frozen VAE M1 "
+    "(--model-opt m1=RUN_OF_A_VAE); y observed on num_labels images (Kingma et al. 2014)",
+    configure=configure_m1m2,
+)
+register_model(
     "jointvae", JointVAE, "JointVAE: z Gaussian and a relaxed categorical code c, capacity objective "
     "-gamma|KL - C| per latent (Dupont 2018)",
 )
@@ -53,7 +60,7 @@ register_model("text-bow", BagOfWordsVAE, "bag-of-words VAE: z ~ N(0, I), token 
                "Multinomial(T, softmax(f(z))); --dataset ptb", data_args=("data_dim",))
 
 __all__ = [
-    "M2", "MODELS", "VAE", "AutoEncoder", "JointVAE", "LabelCVAE", "M2Objective", "MixtureVAE", "ModelEntry",
+    "M1M2", "M2", "MODELS", "VAE", "AutoEncoder", "JointVAE", "LabelCVAE", "M2Objective", "MixtureVAE", "ModelEntry",
     "PyroModel", "QuadrantCVAE", "QuadrantNN", "build_model", "model_entry", "register_model",
     "TextVAE", "TextLM", "BagOfWordsVAE",
 ]
