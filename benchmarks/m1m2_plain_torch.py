@@ -39,6 +39,7 @@ p.add_argument("--mixed", action="store_true")
 p.add_argument("--lr", type=float, default=3e-4)
 p.add_argument("--out", default="benchmarks/results/m1m2_plain_torch.json")
 p.add_argument("--minutes", type=float, default=60)
+p.add_argument("--active-only", action="store_true", help="M2 sees only M1's active units (as Kingma's code)")
 a = p.parse_args()
 torch.set_num_threads(1)
 torch.manual_seed(a.seed)
@@ -100,15 +101,21 @@ with torch.no_grad():
     mtr, str_ = q1(Xtr)
     mva, _ = q1(Xva)
     mte, _ = q1(Xte)
+# Kingma et al.'s code keeps the units whose posterior mean varies over the data (std > 0.1 on 1,000
+# unlabelled digits); the others are ~N(0, 1) noise the classifier would have to learn to ignore
+keep = mtr[:1000].std(0) > 0.1 if a.active_only else torch.ones(50, dtype=torch.bool)
+mtr, str_, mva, mte = mtr[:, keep], str_[:, keep], mva[:, keep], mte[:, keep]
+D1 = int(keep.sum())
+print(f"M2 on {D1} of 50 M1 units", flush=True)
 # ---- M2 on z1
 C, Z = 10, 50
-qy = mlp([50, 500, C])
-qz_v = nn.Linear(50, 500)
+qy = mlp([D1, 500, C])
+qz_v = nn.Linear(D1, 500)
 qz_y = nn.Linear(C, 500, bias=False)
 qz_h = nn.Linear(500, 2 * Z)
 px_v = nn.Linear(Z, 500)
 px_y = nn.Linear(C, 500, bias=False)
-px_h = nn.Linear(500, 100)
+px_h = nn.Linear(500, 2 * D1)
 mods = nn.ModuleList([qy, qz_v, qz_y, qz_h, px_v, px_y, px_h])
 opt = torch.optim.Adam(mods.parameters(), lr=a.lr)
 lab = choose_labelled(Ytr, a.labels, 10, a.seed)
@@ -129,7 +136,7 @@ def L(z1, yo):  # z1 (..., B, 50), yo one-hot (..., B, C) -> (..., B)
     z2 = m + s * torch.randn_like(s)
     g = sp(px_v(z2) + px_y(yo))
     o2 = px_h(g)
-    m1, s1 = o2[..., :50], F.softplus(o2[..., 50:]) + 1e-3
+    m1, s1 = o2[..., :D1], F.softplus(o2[..., D1:]) + 1e-3
     return (
         normal_lp(z1, m1, s1)
         + normal_lp(z2, torch.zeros_like(z2), torch.ones_like(z2))
@@ -192,6 +199,6 @@ for ep in range(a.m2_epochs):
         f"best-val test {best[1]:.4f}@{best[2]} {time.time() - t1:.1f}s",
         flush=True,
     )
-    json.dump({"args": vars(a), "alpha": alpha, "hist": hist, "best": best}, open(a.out, "w"))
+    json.dump({"args": vars(a), "alpha": alpha, "m1_units": D1, "hist": hist, "best": best}, open(a.out, "w"))
     if time.time() - t0 > a.minutes * 60:
         break

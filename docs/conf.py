@@ -161,6 +161,11 @@ pyrovae_gallery_examples = {
         "quick": "--num-labels 100 --epochs 1 --train-size 600 --test-size 100 --latent-dim 4 --hidden 32 "
                  "--eval-samples 20 --eval-points 30",
     },
+    "ss_vae_m1m2": {
+        "title": "M1+M2: semi-supervised M2 on a VAE's codes",
+        "quick": "--num-labels 100 --m1-epochs 1 --m1-latent-dim 4 --m1-hidden 32 --epochs 1 --train-size 600 "
+                 "--test-size 100 --latent-dim 3 --hidden 16 --eval-samples 20 --eval-points 30",
+    },
     "jointvae": {
         "title": "JointVAE: continuous and discrete codes",
         "quick": "--epochs 1 --batch-size 100 --latent-dim 3 --categories 4 --hidden 32 --capacity-steps 50 "

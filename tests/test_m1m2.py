@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
+import pyro
 import pytest
 import torch
 
@@ -83,6 +87,49 @@ def test_importance_sampling_scores_x_through_m1s_decoder_exactly():
     assert not torch.allclose(estimates[0], exact[0])  # the M2 part is in the estimate too
 
 
+def _m1_with_an_inactive_unit(shift: float = 0.0) -> VAE:
+    """An M1 whose unit 1 has the same posterior mean, ``shift``, for every image."""
+    torch.manual_seed(0)
+    m1 = VAE(latent_dim=3, hidden=[8])
+    with torch.no_grad():
+        m1.encoder.head.loc.weight[[0, 2]] *= 50
+        m1.encoder.head.loc.weight[1] = 0.0
+        m1.encoder.head.loc.bias[1] = shift
+    return m1
+
+
+def test_m2_models_m1s_active_units_and_gives_the_others_m1s_prior():
+    digits = pyrovae.load_embedded_mnist().subset(slice(0, 300))
+    x = digits.subset(slice(0, 8)).observations(torch.Generator().manual_seed(0))
+    classes = []
+    for units in ("active", "all"):
+        for shift in (0.0, 3.0):
+            torch.manual_seed(1)  # the same M2 weights for every model
+            model = M1M2(m1=_m1_with_an_inactive_unit(shift), num_labels=100, latent_dim=2, hidden=(8,),
+                         m1_units=units)
+            model.prepare_data(digits)
+            assert model.report()["m1_units_modelled"] == (2 if units == "active" else 3)
+            rows = (x, torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.bool))
+            torch.manual_seed(2)  # the same z1 ~ q(z1 | x) but for the inactive unit's shift
+            classes.append(pyro.poutine.trace(model.guide).get_trace(*rows).nodes["y"]["fn"].probs)
+            if units == "active":
+                p_z1 = pyro.poutine.trace(model.model).get_trace(*rows).nodes["z1"]["fn"].base_dist
+                assert torch.equal(p_z1.loc[:, 1], torch.zeros(8)) and torch.equal(p_z1.scale[:, 1], torch.ones(8))
+                assert not torch.equal(p_z1.scale[:, 0], torch.ones(8))
+    assert torch.equal(classes[0], classes[1])  # q(y | z1) does not see the inactive unit
+    assert not torch.allclose(classes[2], classes[3])  # with m1_units="all" it does
+    with pytest.raises(pyrovae.ConfigError, match="no active unit"):
+        M1M2(m1=VAE(latent_dim=3, hidden=[8]).requires_grad_(False).apply(_zero_loc), num_labels=100,
+             hidden=(8,)).prepare_data(digits)
+    with pytest.raises(pyrovae.ConfigError, match="m1_units must be"):
+        M1M2(m1=VAE(latent_dim=3, hidden=[8]), num_labels=100, m1_units="some")
+
+
+def _zero_loc(module: torch.nn.Module) -> None:
+    if module.__class__.__name__ == "GaussianHead":
+        module.loc.weight.data.zero_()
+
+
 def test_m1_must_be_a_trained_vae_run_and_the_cli_says_so_before_writing(tmp_path, capsys):
     run = tmp_path / "bad"
     for m1, message in ((tmp_path / "nothing", "does not exist"),):
@@ -96,7 +143,7 @@ def test_m1_must_be_a_trained_vae_run_and_the_cli_says_so_before_writing(tmp_pat
 def test_labelled_images_are_copied_and_their_terms_weighted_so_the_objective_is_unchanged():
     digits = pyrovae.load_embedded_mnist().subset(slice(0, 600))
     m1 = VAE(latent_dim=3, hidden=[8])
-    model = M1M2(m1=m1, num_labels=100, latent_dim=2, hidden=(8,))
+    model = M1M2(m1=m1, num_labels=100, latent_dim=2, hidden=(8,), m1_units="all")  # an untrained M1
     rows = model.prepare_data(digits)
     assert len(rows) == 600 + 100 * 4 and int(rows.labelled.sum()) == 500  # 500 unlabelled: 5 copies
     assert model.label_weight == pytest.approx(1 / 5)
@@ -112,3 +159,16 @@ def test_labelled_images_are_copied_and_their_terms_weighted_so_the_objective_is
     assert losses[1].item() == pytest.approx(0.2 * losses[0].item(), rel=1e-5)
     with pytest.raises(pyrovae.ConfigError, match="label_copies must be >= 0"):
         M1M2(m1=m1, num_labels=100, label_copies=-1)
+
+
+def test_the_example_script_runs(capsys):
+    path = Path(__file__).parents[1] / "examples" / "ss_vae_m1m2.py"
+    spec = importlib.util.spec_from_file_location("ss_vae_m1m2", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(argparse.Namespace(dataset="embedded", data_dir=None, num_labels=100, m1_epochs=1, m1_latent_dim=4,
+                                    m1_hidden=[32], epochs=1, seed=0, train_size=600, test_size=100, eval_samples=20,
+                                    eval_points=30, threads=1, latent_dim=3, hidden=[16]))
+    out = capsys.readouterr().out
+    assert "M1: held-out ELBO" in out and "test accuracy" in out and "log p(x)" in out
+    assert "M2 modelled" in out and "of M1's 4 units" in out

@@ -22,6 +22,13 @@ codes :math:`z_1 \sim q(z_1 \mid x)` drawn afresh at every step. The bound and i
 score the whole hierarchy: :math:`\log p(x) = \log \sum_y \iint p(y) p(z_2) p(z_1 \mid y, z_2)
 p(x \mid z_1)\, dz_1\, dz_2`, with y, z₁ and z₂ proposed by the guide.
 
+Only M1's *active* units (Burda et al. 2016: the variance over the training digits of the mean of
+q(z₁ | x) above 0.01) are M2's to model, as in Kingma et al.'s code, which keeps the units whose
+mean has a standard deviation above 0.1: q(y | z₁), q(z₂ | z₁, y) see those units alone (the others
+multiplied by zero), and p(z₁ | y, z₂) gives the others N(0, 1), M1's own prior, which q(z₁ | x)
+matches there: they are noise that the classifier would otherwise have to learn to ignore.
+``m1_units="all"`` gives M2 every unit.
+
 Sites, as in M2 (labelled rows observe y in their own group of sites; masks choose the rows):
 
 * unlabelled rows: model ``y`` (latent), ``z2``, ``z1``, ``x``; guide ``z1``, ``y``, ``z2``;
@@ -43,6 +50,7 @@ from pyro import poutine
 
 from ..config import ConfigError
 from ..data import BINARY_SPACES, ImageData, heldout_generator
+from ..diagnostics import ACTIVITY_THRESHOLD
 from .m2 import M2, LabelledEncoder, SemiSupervisedImages, _any_labelled
 from .vae import VAE
 
@@ -62,6 +70,8 @@ class M1M2(M2):
     :param label_copies: R, how many times each labelled image is in an epoch's rows, each copy's
         terms weighted 1/R (the same objective, with labelled rows in R times as many batches);
         0: as many copies as make the labelled rows about as many as the unlabelled ones.
+    :param m1_units: ``"active"``: M2 models M1's active units, chosen by :meth:`prepare_data` from
+        the training images (until then, all units); ``"all"``: every unit.
     :param m1_options: the M1 run's model options (read from its ``config.json`` when not given).
     :param m1_fingerprint: the M1 checkpoint's fingerprint (recorded for provenance).
 
@@ -70,8 +80,8 @@ class M1M2(M2):
     >>> import torch, pyrovae
     >>> from pyrovae.data import as_tensors
     >>> from pyrovae.models import M1M2, VAE
-    >>> m1 = VAE(latent_dim=4, hidden=[16])
-    >>> model = M1M2(m1=m1, num_labels=20, latent_dim=2, hidden=[8])
+    >>> m1 = VAE(latent_dim=4, hidden=[16])  # untrained here, so no unit is active: model them all
+    >>> model = M1M2(m1=m1, num_labels=20, latent_dim=2, hidden=[8], m1_units="all")
     >>> x, y, labelled = as_tensors(model.prepare_data(pyrovae.load_embedded_mnist().subset(slice(0, 100))),
     ...                             torch.Generator().manual_seed(0))
     >>> res = pyrovae.log_marginal_likelihood(model.model, model.guide, x[:3], y[:3], labelled[:3] & False,
@@ -96,6 +106,7 @@ class M1M2(M2):
         num_classes: int = 10,
         label_seed: int = 0,
         label_copies: int = 0,
+        m1_units: str = "active",
         m1_options: dict[str, Any] | None = None,
         m1_fingerprint: str | None = None,
         name: str = "m1m2",
@@ -114,6 +125,11 @@ class M1M2(M2):
         if label_copies < 0:
             raise ConfigError(f"label_copies must be >= 0 (0: as many as the unlabelled rows), not {label_copies}")
         self.label_copies, self.label_weight = label_copies, 1.0  # set by prepare_data from the training data
+        if m1_units not in ("active", "all"):
+            raise ConfigError(f"m1_units must be 'active' (M1's active units) or 'all', not {m1_units!r}")
+        self.m1_units = m1_units
+        # which of M1's units M2 models; a buffer, so that the checkpoint keeps the choice
+        self.register_buffer("m1_active", torch.ones(vae.latent_dim, dtype=torch.bool))
         # False when M1's run folder is gone: a run's own checkpoint then restores M1 (load_run)
         self.m1_loaded, self.m1_fingerprint = loaded, m1_fingerprint
 
@@ -132,17 +148,17 @@ class M1M2(M2):
             with poutine.mask(mask=~labelled):
                 y_latent = pyro.sample("y", self._prior_y(x))
                 z2 = pyro.sample("z2", self._prior_z(x))
-                z1 = pyro.sample("z1", dist.Normal(*self.decoder(z2, y_latent)).to_event(1))
+                z1 = pyro.sample("z1", self._p_z1(z2, y_latent))
                 pyro.sample("x", self.likelihood(self.m1.decoder(z1)), obs=x)
             if _any_labelled(labelled):
                 with poutine.mask(mask=labelled), poutine.scale(scale=self.label_weight):
                     pyro.sample("y_label", self._prior_y(x), obs=y)
                     z2 = pyro.sample("z2_label", self._prior_z(x))
-                    z1 = pyro.sample("z1_label", dist.Normal(*self.decoder(z2, y)).to_event(1))
+                    z1 = pyro.sample("z1_label", self._p_z1(z2, y))
                     pyro.sample("x_label", self.likelihood(self.m1.decoder(z1)), obs=x)
                     if self.aux_loss_multiplier > 0:
                         with poutine.scale(scale=self.aux_loss_multiplier):
-                            pyro.sample("y_aux", dist.Categorical(logits=self.encoder_y(z1)), obs=y)
+                            pyro.sample("y_aux", dist.Categorical(logits=self.encoder_y(self._codes(z1))), obs=y)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor, labelled: torch.Tensor) -> None:
         """q(z₁ | x) q(y | z₁) q(z₂ | z₁, y) on unlabelled rows, q(z₁ | x) q(z₂ | z₁, y) on labelled
@@ -150,13 +166,22 @@ class M1M2(M2):
         self._register()
         with pyro.plate("data", x.shape[0]):
             with poutine.mask(mask=~labelled):
-                z1 = pyro.sample("z1", dist.Normal(*self.m1.encoder(x)).to_event(1))
-                y_latent = pyro.sample("y", dist.Categorical(logits=self.encoder_y(z1)))
-                pyro.sample("z2", dist.Normal(*self.encoder_z(z1, y_latent)).to_event(1))
+                codes = self._codes(pyro.sample("z1", dist.Normal(*self.m1.encoder(x)).to_event(1)))
+                y_latent = pyro.sample("y", dist.Categorical(logits=self.encoder_y(codes)))
+                pyro.sample("z2", dist.Normal(*self.encoder_z(codes, y_latent)).to_event(1))
             if _any_labelled(labelled):  # last: skipping it eagerly leaves the earlier draws as in a graph
                 with poutine.mask(mask=labelled), poutine.scale(scale=self.label_weight):
-                    z1 = pyro.sample("z1_label", dist.Normal(*self.m1.encoder(x)).to_event(1))
-                    pyro.sample("z2_label", dist.Normal(*self.encoder_z(z1, y)).to_event(1))
+                    codes = self._codes(pyro.sample("z1_label", dist.Normal(*self.m1.encoder(x)).to_event(1)))
+                    pyro.sample("z2_label", dist.Normal(*self.encoder_z(codes, y)).to_event(1))
+
+    def _codes(self, z1: torch.Tensor) -> torch.Tensor:
+        """What M2's networks see of z₁: the active units, the others zeroed."""
+        return z1 * self.m1_active
+
+    def _p_z1(self, z2: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        """p(z₁ | y, z₂): the decoder's Gaussian on the active units, N(0, 1) on the others."""
+        loc, scale = self.decoder(z2, y)
+        return dist.Normal(loc * self.m1_active, torch.where(self.m1_active, scale, torch.ones_like(scale))).to_event(1)
 
     # ------------------------------------------------------------------ data
 
@@ -167,7 +192,10 @@ class M1M2(M2):
         other batch rather than one batch per epoch, which the M1+M2 measurements favour
         (docs/zoo.md)."""
         rows = super().prepare_data(data, heldout)
-        if heldout or not isinstance(data, ImageData) or not bool(rows.labelled.any()):
+        if heldout or not isinstance(data, ImageData):
+            return rows
+        self._choose_units(rows.images)
+        if not bool(rows.labelled.any()):
             return rows
         labelled = rows.labelled.nonzero()[:, 0]
         copies = self.label_copies or max(1, round(int((~rows.labelled).sum()) / len(labelled)))
@@ -175,17 +203,32 @@ class M1M2(M2):
         index = torch.cat([torch.arange(len(rows)), labelled.repeat(copies - 1)])
         return SemiSupervisedImages(rows.images.subset(index), rows.labelled[index])
 
+    @torch.no_grad()
+    def _choose_units(self, images: ImageData, num_rows: int = 10_000) -> None:
+        """M1's active units on the first ``num_rows`` training images (their observations drawn with
+        a fixed seed, so that a resumed run chooses the same units)."""
+        if self.m1_units == "all":
+            return
+        device = self.m1_active.device
+        x = images.subset(slice(0, num_rows)).observations(torch.Generator().manual_seed(0), device)
+        active = self.m1.encoder(x.to(next(self.m1.parameters()).dtype))[0].var(0) > ACTIVITY_THRESHOLD
+        if not bool(active.any()):
+            raise ConfigError("M1 has no active unit on these images (the mean of q(z1 | x) does not move with x: "
+                              "an untrained or collapsed M1), so M2 has nothing to model: train M1 (with "
+                              "--free-bits if it collapses) or pass --model-opt m1_units=all")
+        self.m1_active.copy_(active)
+
     # ------------------------------------------------------------------ outside inference
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """arg max_y q(y | z₁ = mean of q(z₁ | x))."""
-        return self.encoder_y(self.m1.encoder(x)[0]).argmax(-1)
+        return self.encoder_y(self._codes(self.m1.encoder(x)[0])).argmax(-1)
 
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """E[x | z₁ = mean of p(z₁ | y, z₂)] for z₂ = ``z``."""
-        return self.m1.decode_mean(self.decoder(z, y)[0])
+        return self.m1.decode_mean(self._p_z1(z, y).mean)
 
     @torch.no_grad()
     def generate(self, num_samples: int, sample: bool = False, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -193,7 +236,7 @@ class M1M2(M2):
         with ``sample=True`` draws x ~ p(x | z₁)."""
         device = next(self.parameters()).device
         y = torch.randint(self.num_classes, (num_samples,), device=device) if y is None else y.to(device)
-        z1 = dist.Normal(*self.decoder(torch.randn(num_samples, self.latent_dim, device=device), y)).sample()
+        z1 = self._p_z1(torch.randn(num_samples, self.latent_dim, device=device), y).sample()
         logits = self.m1.decoder(z1)
         return self.likelihood(logits).sample() if sample else self.likelihood.mean(logits)
 
@@ -203,7 +246,8 @@ class M1M2(M2):
     def report(self) -> dict[str, Any]:
         return {**super().report(), "likelihood": self.likelihood.name,
                 "discrete_likelihood": self.likelihood.discrete, "m1": self.m1_source,
-                "m1_fingerprint": self.m1_fingerprint, "m1_latent_dim": self.m1.latent_dim}
+                "m1_fingerprint": self.m1_fingerprint, "m1_latent_dim": self.m1.latent_dim,
+                "m1_units_modelled": int(self.m1_active.sum())}
 
     def write_pictures(self, run: Path, heldout: ImageData, history: list[dict], seed: int) -> list[str]:
         """samples.png (one row per digit y, the same z₂ ~ p(z₂) down each column, E[x | z₁ = mean of
@@ -221,8 +265,8 @@ class M1M2(M2):
         written = ["samples.png", *plots.write_curves(run, history)]
         n = min(len(x), 5000)
         with torch.no_grad():
-            z1 = self.m1.encoder(x[:n])[0]
-            loc, _ = self.encoder_z(z1, self.encoder_y(z1).argmax(-1))
+            codes = self._codes(self.m1.encoder(x[:n])[0])
+            loc, _ = self.encoder_z(codes, self.encoder_y(codes).argmax(-1))
         plots.plot_latent(run / "latent.png", loc, y[:n])
         return [*written, "latent.png"]
 
