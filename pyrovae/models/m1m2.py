@@ -164,14 +164,15 @@ class M1M2(M2):
         """q(z₁ | x) q(y | z₁) q(z₂ | z₁, y) on unlabelled rows, q(z₁ | x) q(z₂ | z₁, y) on labelled
         ones; y is sampled here, :class:`~pyrovae.models.M2Objective` enumerates it."""
         self._register()
+        q_z1 = dist.Normal(*self.m1.encoder(x)).to_event(1)  # once for both groups of rows
         with pyro.plate("data", x.shape[0]):
             with poutine.mask(mask=~labelled):
-                codes = self._codes(pyro.sample("z1", dist.Normal(*self.m1.encoder(x)).to_event(1)))
+                codes = self._codes(pyro.sample("z1", q_z1))
                 y_latent = pyro.sample("y", dist.Categorical(logits=self.encoder_y(codes)))
                 pyro.sample("z2", dist.Normal(*self.encoder_z(codes, y_latent)).to_event(1))
             if _any_labelled(labelled):  # last: skipping it eagerly leaves the earlier draws as in a graph
                 with poutine.mask(mask=labelled), poutine.scale(scale=self.label_weight):
-                    codes = self._codes(pyro.sample("z1_label", dist.Normal(*self.m1.encoder(x)).to_event(1)))
+                    codes = self._codes(pyro.sample("z1_label", q_z1))
                     pyro.sample("z2_label", dist.Normal(*self.encoder_z(codes, y)).to_event(1))
 
     def _codes(self, z1: torch.Tensor) -> torch.Tensor:
