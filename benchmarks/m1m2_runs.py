@@ -6,7 +6,8 @@ run's held-out set) and the M1 run they stand on, writes what a table needs into
 the runs' test accuracy per epoch beside ``m1m2_plain_torch.py``'s runs and two anchors: Pyro's
 tutorial table (0.932 with 100 labels) and Pyro's own ``ss_vae_M2.py`` as run here (0.641).
 
-    python benchmarks/m1m2_runs.py --runs /tmp/lib/m1m2-100-a200 /tmp/lib/m1m2-100-a1000 \
+    python benchmarks/m1m2_runs.py --runs /tmp/lib/m1m2-100-a200 /tmp/lib/m1m2-100-s1 /tmp/lib/m1m2-100-s2 \
+        --variants /tmp/lib/m1m2-100-a1000 --at-epoch 50 \
         --json benchmarks/results/m1m2_library_100labels.json --figure docs/images/zoo/m1m2-100labels.png
 """
 
@@ -16,6 +17,7 @@ import argparse
 import csv
 import json
 import platform
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,21 +77,30 @@ def plot(runs: dict[str, dict], plain: dict[str, dict], out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", nargs="+", type=Path, required=True, help="m1m2 run folders")
+    p.add_argument("--runs", nargs="+", type=Path, required=True, help="m1m2 run folders: seeds of one setting")
+    p.add_argument("--variants", nargs="*", type=Path, default=[], help="runs of other settings (not in the mean)")
     p.add_argument("--plain", nargs="*", default=["d", "e", "f"], help="m1m2_plain_torch_*.json letters to plot")
+    p.add_argument("--at-epoch", type=int, default=50, help="compare the runs after this many epochs")
     p.add_argument("--json", type=Path, default=RESULTS / "m1m2_library_100labels.json")
     p.add_argument("--figure", type=Path, default=ROOT / "docs" / "images" / "zoo" / "m1m2-100labels.png")
     a = p.parse_args()
-    runs = {}
-    for run in a.runs:
+    runs, variants = {}, {}
+    for run in [*a.runs, *a.variants]:
         res = read_run(run)
         opts = res["model_options"]
-        runs[f"alpha {opts.get('aux_loss_multiplier', 200.0):g}, units {opts.get('m1_units', 'all')}"] = res
+        alpha, units = opts.get("aux_loss_multiplier", 200.0), opts.get("m1_units", "active")
+        (runs if run in a.runs else variants)[f"seed {res['seed']}, alpha {alpha:g}, units {units}"] = res
     plain = {}
     for letter in a.plain:
         res = json.loads((RESULTS / f"m1m2_plain_torch_{letter}.json").read_text())
         units = "active" if res["args"].get("active_only") else "all"
         plain[f"{letter}: alpha {res['alpha']:g}, lr {res['args'].get('lr', 3e-4):g}, units {units}"] = res
+    at = [res["test_accuracy"][a.at_epoch - 1] for res in runs.values() if res["epochs"] >= a.at_epoch]
+    window = [sum(res["test_accuracy"][a.at_epoch - 5:a.at_epoch]) / 5 for res in runs.values()
+              if res["epochs"] >= a.at_epoch]
+    across = {"epoch": a.at_epoch, "runs": len(at), "test_accuracy": at, "mean": statistics.mean(at),
+              "sd": statistics.stdev(at) if len(at) > 1 else None,
+              "mean_of_last5_means": statistics.mean(window)}
     a.json.write_text(json.dumps({
         "what": "pyrovae train --model m1m2 with 100 labels (choose_labelled seed 0) on MNIST, dynamically "
                 "binarised; test accuracy of arg max q(y | mean of q(z1 | x)) on the 10,000 test digits after "
@@ -97,13 +108,18 @@ def main() -> None:
                 "quote; the maximum is selected on the test set)",
         "machine": f"{platform.processor() or platform.machine()}, 2 cores shared, one thread per run, two runs side "
                    "by side",
+        f"at_epoch_{a.at_epoch}": across,
         "runs": runs,
+        "variants": variants,
     }, indent=1))
-    plot(runs, plain, a.figure)
-    for label, res in runs.items():
+    plot({**runs, **variants}, plain, a.figure)
+    for label, res in {**runs, **variants}.items():
         print(f"{label}: {res['epochs']} epochs, last {res['test_accuracy_last']:.4f}, last-5 mean "
               f"{res['test_accuracy_last5_mean']:.4f}, max {res['test_accuracy_max']:.4f}, "
               f"{res['seconds_per_epoch_median']:.0f} s/epoch")
+    sd = f" +/- {across['sd']:.4f} (sd)" if across["sd"] is not None else ""
+    print(f"after {a.at_epoch} epochs, {across['runs']} runs: {across['mean']:.4f}{sd}; mean of epochs "
+          f"{a.at_epoch - 4}-{a.at_epoch}: {across['mean_of_last5_means']:.4f}")
 
 
 if __name__ == "__main__":
