@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -49,3 +50,17 @@ def lingauss():
     from test_importance import linear_gaussian
 
     return linear_gaussian()
+
+
+@pytest.fixture(scope="session")
+def load_example():
+    """``load_example(name)``: the module of ``examples/<name>.py``, its ``main`` not yet run."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_example", Path(__file__).parents[1] / "examples" /
+                                                      f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,7 +1,6 @@
 """The example scripts run end to end (shortened) and print what they promise."""
 
 import argparse
-import importlib.util
 import runpy
 import sys
 from pathlib import Path
@@ -9,13 +8,6 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _args(**kw):
@@ -38,27 +30,27 @@ def test_every_example_takes_the_shared_small_run_flags(capsys, monkeypatch):
             assert flag in usage, (script.name, flag)
 
 
-def test_swap_likelihood_ranks_the_8bit_models_and_sets_the_bernoulli_apart(capsys):
-    _load("swap_likelihood").main(_args(variants=["bernoulli", "gaussian-sigma0.1", "categorical-16-levels"]))
+def test_swap_likelihood_ranks_the_8bit_models_and_sets_the_bernoulli_apart(capsys, load_example):
+    load_example("swap_likelihood").main(_args(variants=["bernoulli", "gaussian-sigma0.1", "categorical-16-levels"]))
     out = capsys.readouterr().out
     assert "never ranked against each other" in out
     assert "bernoulli" in out and "alone on that scale" in out
     assert "`8-bit` scale" in out and "| 2 |" in out  # the Gaussian and the categorical, ranked
 
 
-def test_swap_prior_ranks_all_priors_with_paired_errors(capsys):
-    _load("swap_prior").main(_args(variants=["normal", "mog-10", "flow"]))
+def test_swap_prior_ranks_all_priors_with_paired_errors(capsys, load_example):
+    load_example("swap_prior").main(_args(variants=["normal", "mog-10", "flow"]))
     out = capsys.readouterr().out
     assert "| 3 |" in out and "s.e.(Δ)" in out and "never ranked" not in out
 
 
-def test_cvae_example_scores_baseline_and_cvae_by_importance_sampling(capsys):
-    _load("cvae").main(_args(quadrants=3, eval_samples=10, eval_points=40))
+def test_cvae_example_scores_baseline_and_cvae_by_importance_sampling(capsys, load_example):
+    load_example("cvae").main(_args(quadrants=3, eval_samples=10, eval_points=40))
     out = capsys.readouterr().out
     assert "quadrant-nn: -log p(y | x) =" in out and "cvae: -log p(y | x) =" in out and "K=10" in out
 
 
-def test_mixture_example_reports_log_px_and_clustering(capsys):
-    _load("mixture_vae").main(_args(components=3, eval_samples=10, eval_points=40))
+def test_mixture_example_reports_log_px_and_clustering(capsys, load_example):
+    load_example("mixture_vae").main(_args(components=3, eval_samples=10, eval_points=40))
     out = capsys.readouterr().out
     assert "class summed out" in out and "clustering accuracy" in out

@@ -1,17 +1,11 @@
 """examples/autoencoders.py runs end to end (shortened) and reports every model."""
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
-
-EXAMPLE = Path(__file__).parents[1] / "examples" / "autoencoders.py"
 
 
-def test_autoencoders_example_scores_every_model_and_writes_the_picture(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("autoencoders_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_autoencoders_example_scores_every_model_and_writes_the_picture(tmp_path, capsys, load_example):
+    module = load_example("autoencoders")
     args = argparse.Namespace(dataset="embedded", data_dir=None, epochs=1, train_size=300, test_size=100,
                               batch_size=100, latent_dim=4, hidden=[32], num_samples=100, show=4, out=str(tmp_path),
                               seed=0, progress=False)

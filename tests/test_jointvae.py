@@ -264,15 +264,10 @@ def test_train_evaluate_sample_on_the_command_line(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
-def test_the_example_trains_and_scores(capsys, tmp_path):
+def test_the_example_trains_and_scores(capsys, tmp_path, load_example):
     import argparse
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).parents[1] / "examples" / "jointvae.py"
-    spec = importlib.util.spec_from_file_location("jointvae_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("jointvae")
     args = argparse.Namespace(dataset="embedded", data_dir=None, epochs=1, batch_size=100, lr=5e-4, latent_dim=3,
                               categories=4, hidden=[32], capacity_steps=50, train_size=600, test_size=60,
                               num_samples=10,

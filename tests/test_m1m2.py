@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import pyro
 import pytest
@@ -161,14 +159,11 @@ def test_labelled_images_are_copied_and_their_terms_weighted_so_the_objective_is
         M1M2(m1=m1, num_labels=100, label_copies=-1)
 
 
-def test_the_example_script_runs(capsys):
-    path = Path(__file__).parents[1] / "examples" / "ss_vae_m1m2.py"
-    spec = importlib.util.spec_from_file_location("ss_vae_m1m2", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    example.main(argparse.Namespace(dataset="embedded", data_dir=None, num_labels=100, m1_epochs=1, m1_latent_dim=4,
-                                    m1_hidden=[32], epochs=1, seed=0, train_size=600, test_size=100, eval_samples=20,
-                                    eval_points=30, threads=1, latent_dim=3, hidden=[16]))
+def test_the_example_script_runs(capsys, load_example):
+    load_example("ss_vae_m1m2").main(argparse.Namespace(
+        dataset="embedded", data_dir=None, num_labels=100, m1_epochs=1, m1_latent_dim=4, m1_hidden=[32], epochs=1,
+        seed=0, train_size=600, test_size=100, eval_samples=20, eval_points=30, threads=1, latent_dim=3,
+        hidden=[16]))
     out = capsys.readouterr().out
     assert "M1: held-out ELBO" in out and "test accuracy" in out and "log p(x)" in out
     assert "M2 modelled" in out and "of M1's 4 units" in out

@@ -4,10 +4,8 @@ compiled loss against the eager one, clear errors, and the zoo's CLI commands en
 
 import argparse
 import csv
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -238,14 +236,10 @@ def test_cli_evaluate_scores_log_px_with_y_summed_out_and_sample_draws(m2_run, t
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_example_script_runs(capsys):
-    path = Path(__file__).parents[1] / "examples" / "ss_vae_m2.py"
-    spec = importlib.util.spec_from_file_location("ss_vae_m2", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    example.main(argparse.Namespace(dataset="embedded", data_dir=None, num_labels=100, epochs=1, seed=0,
-                                    train_size=600, test_size=100, eval_samples=20, eval_points=30, threads=1,
-                                    latent_dim=4, hidden=[32]))
+def test_the_example_script_runs(capsys, load_example):
+    load_example("ss_vae_m2").main(argparse.Namespace(
+        dataset="embedded", data_dir=None, num_labels=100, epochs=1, seed=0, train_size=600, test_size=100,
+        eval_samples=20, eval_points=30, threads=1, latent_dim=4, hidden=[32]))
     out = capsys.readouterr().out
     assert "test accuracy" in out and "log p(x)" in out
 
