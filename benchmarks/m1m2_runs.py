@@ -37,16 +37,15 @@ def read_run(run: Path) -> dict:
     if (m1 / "metrics.csv").exists():
         with open(m1 / "metrics.csv") as f:
             m1_metrics = list(csv.DictReader(f))
-    last5 = accuracy[-5:]
     return {
         "run": str(run), "seed": config["seed"], "lr": config["lr"], "batch_size": config["batch_size"],
         "model_options": {k: v for k, v in options.items() if k != "m1_options"},
         "m1_options": options.get("m1_options"),
         "m1_epochs": len(m1_metrics), "m1_heldout_elbo": float(m1_metrics[-1]["heldout_elbo"]) if m1_metrics else None,
         "m1_seed": m1_config["seed"] if m1_config else None,
-        "epochs": len(rows), "seconds_per_epoch_median": sorted(float(r["seconds"]) for r in rows)[len(rows) // 2],
+        "epochs": len(rows), "seconds_per_epoch_median": statistics.median(float(r["seconds"]) for r in rows),
         "test_accuracy": accuracy, "test_accuracy_last": accuracy[-1],
-        "test_accuracy_last5_mean": sum(last5) / len(last5), "test_accuracy_max": max(accuracy),
+        "test_accuracy_last5_mean": statistics.mean(accuracy[-5:]), "test_accuracy_max": max(accuracy),
         "heldout_elbo_enum_last": float(rows[-1]["heldout_elbo_enum"]),
     }
 
@@ -96,7 +95,7 @@ def main() -> None:
         units = "active" if res["args"].get("active_only") else "all"
         plain[f"{letter}: alpha {res['alpha']:g}, lr {res['args'].get('lr', 3e-4):g}, units {units}"] = res
     at = [res["test_accuracy"][a.at_epoch - 1] for res in runs.values() if res["epochs"] >= a.at_epoch]
-    window = [sum(res["test_accuracy"][a.at_epoch - 5:a.at_epoch]) / 5 for res in runs.values()
+    window = [statistics.mean(res["test_accuracy"][a.at_epoch - 5:a.at_epoch]) for res in runs.values()
               if res["epochs"] >= a.at_epoch]
     across = {"epoch": a.at_epoch, "runs": len(at), "test_accuracy": at, "mean": statistics.mean(at),
               "sd": statistics.stdev(at) if len(at) > 1 else None,

@@ -211,6 +211,8 @@ class M1M2(M2):
         if self.m1_units == "all":
             return
         device = self.m1_active.device
+        # diagnostics.active_units measures the same variance through M1's guide, but its pyro.module
+        # would put M1's frozen weights into the param store the trainer optimises
         x = images.subset(slice(0, num_rows)).observations(torch.Generator().manual_seed(0), device)
         active = self.m1.encoder(x.to(next(self.m1.parameters()).dtype))[0].var(0) > ACTIVITY_THRESHOLD
         if not bool(active.any()):
