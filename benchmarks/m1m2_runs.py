@@ -11,9 +11,9 @@ Runs whose folders are gone are read back from an earlier JSON of this script (`
     python benchmarks/m1m2_runs.py --runs /tmp/lib/m1m2-100-a200 /tmp/lib/m1m2-100-s1 /tmp/lib/m1m2-100-s2 \
         --variants /tmp/lib/m1m2-100-a1000 --at-epoch 50 \
         --json benchmarks/results/m1m2_library_100labels.json --figure docs/images/zoo/m1m2-100labels.png
-    python benchmarks/m1m2_runs.py --runs /tmp/lib/m1m2-{600,1000,3000}-s{0,1,2} --at-epoch 30 \
-        --earlier benchmarks/results/m1m2_library_100labels.json \
-        --json benchmarks/results/m1m2_library_600_1000_3000labels.json --figure docs/images/zoo/m1m2-labels.png
+    python benchmarks/m1m2_runs.py --runs /tmp/lib/m1m2-100-s0 /tmp/lib/m1m2-600-s0 /tmp/lib/m1m2-3000-s0 \
+        --at-epoch 25 --at-epoch-for 100=73 --earlier benchmarks/results/m1m2_library_100labels.json \
+        --json benchmarks/results/m1m2_library_100_600_3000labels.json --figure docs/images/zoo/m1m2-labels.png
 """
 
 from __future__ import annotations
