@@ -4,7 +4,8 @@ M1+M2's classifier q(y | z1) sees only M1's code. This trains the same kind of n
 (active units -> 500 softplus -> 10, Adam lr 1e-3, batch 200) on the means of q(z1 | x) for the
 labelled digits M1+M2 uses (``choose_labelled``, label seed 0), or on all 60,000 labels, and gives
 its accuracy on the 10,000 test digits (binarised once, seed 7919; training digits binarised
-once, seed 0; active units as in ``M1M2``: Var > 0.01 over the first 10,000 training means).
+once, seed 0, both by ``ImageData.observations``). The units are those ``M1M2`` itself models
+(``m1_active`` after its ``prepare_data``: Var > 0.01 over the first 10,000 training means).
 
     python benchmarks/m1_codes_classifier.py runs/m1 --labels 600 3000 60000 \\
         --json benchmarks/results/m1_codes_classifier.json
@@ -20,13 +21,14 @@ from pathlib import Path
 import torch
 
 import pyrovae
-from pyrovae.data import load_dataset
-from pyrovae.diagnostics import ACTIVITY_THRESHOLD
+from pyrovae.data import ImageData, load_dataset
+from pyrovae.models.m1m2 import M1M2
 from pyrovae.models.m2 import choose_labelled
 
 
-def codes(vae, images: torch.Tensor, seed: int) -> torch.Tensor:
-    x = torch.bernoulli(images.float() / 255, generator=torch.Generator().manual_seed(seed))
+def codes(vae, images: ImageData, seed: int) -> torch.Tensor:
+    """Means of q(z1 | x) for one binarisation of ``images``."""
+    x = images.with_space("binary-dynamic").observations(torch.Generator().manual_seed(seed))
     with torch.no_grad():
         return torch.cat([vae.encoder(x[i:i + 5000])[0] for i in range(0, len(x), 5000)])
 
@@ -41,8 +43,10 @@ def main() -> None:
     torch.set_num_threads(1)
     vae, _ = pyrovae.load_model(a.m1)
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
-    z_train, z_test = codes(vae, train.images, 0), codes(vae, test.images, 7919)
-    active = z_train[:10_000].var(0) > ACTIVITY_THRESHOLD
+    m1m2 = M1M2(m1=str(a.m1), num_labels=100)
+    m1m2.prepare_data(train)  # chooses the units M1+M2 models, as `pyrovae train --model m1m2` does
+    active = m1m2.m1_active
+    z_train, z_test = codes(vae, train, 0), codes(vae, test, 7919)
     out = {"m1": str(a.m1), "active_units": int(active.sum()), "steps": a.steps,
            "machine": f"{platform.processor() or platform.machine()}, one thread", "test_accuracy": {}}
     for n in a.labels:

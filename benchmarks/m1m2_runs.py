@@ -49,11 +49,22 @@ def read_run(run: Path) -> dict:
         "m1_options": options.get("m1_options"),
         "m1_epochs": len(m1_metrics), "m1_heldout_elbo": float(m1_metrics[-1]["heldout_elbo"]) if m1_metrics else None,
         "m1_seed": m1_config["seed"] if m1_config else None,
+        "m1_kl_anneal": m1_config.get("kl_anneal") if m1_config else None,
+        "m1_free_bits": m1_config.get("free_bits") if m1_config else None,
         "epochs": len(rows), "seconds_per_epoch_median": statistics.median(float(r["seconds"]) for r in rows),
         "test_accuracy": accuracy, "test_accuracy_last": accuracy[-1],
         "test_accuracy_last5_mean": statistics.mean(accuracy[-5:]), "test_accuracy_max": max(accuracy),
         "heldout_elbo_enum_last": float(rows[-1]["heldout_elbo_enum"]),
     }
+
+
+def run_label(res: dict) -> str:
+    """A run's name in the figure and the JSON: seed, alpha, units and how its M1 was trained."""
+    opts = res["model_options"]
+    alpha, units = opts.get("aux_loss_multiplier", 200.0), opts.get("m1_units", "active")
+    m1 = (f"M1 KL warm-up {res['m1_kl_anneal']}" if res.get("m1_kl_anneal")
+          else f"M1 free bits {res['m1_free_bits']:g}" if res.get("m1_free_bits") else "M1 plain")
+    return f"seed {res['seed']}, alpha {alpha:g}, units {units}, {m1}"
 
 
 def plot(groups: dict[int, dict[str, dict]], plain: dict[str, dict], out: Path) -> None:
@@ -115,9 +126,7 @@ def main() -> None:
     runs, variants = {}, {}
     for run in [*a.runs, *a.variants]:
         res = read_run(run)
-        opts = res["model_options"]
-        alpha, units = opts.get("aux_loss_multiplier", 200.0), opts.get("m1_units", "active")
-        label = f"seed {res['seed']}, alpha {alpha:g}, units {units}"
+        opts, label = res["model_options"], run_label(res)
         if run in a.runs:
             runs.setdefault(opts["num_labels"], {})[label] = res
             seeds.setdefault(opts["num_labels"], {})[label] = res
@@ -126,9 +135,9 @@ def main() -> None:
         groups.setdefault(opts["num_labels"], {})[label] = res
     for earlier in a.earlier:
         old = json.loads(earlier.read_text())
-        for label, res in {**old["runs"], **old.get("variants", {})}.items():
-            n = res["model_options"]["num_labels"]
-            if groups.setdefault(n, {}).setdefault(label, res) is res and label in old["runs"]:  # a new run wins
+        for key, res in {**old["runs"], **old.get("variants", {})}.items():
+            n, label = res["model_options"]["num_labels"], run_label(res)
+            if groups.setdefault(n, {}).setdefault(label, res) is res and key in old["runs"]:  # a new run wins
                 seeds.setdefault(n, {})[label] = res
     plain = {}
     for letter in a.plain:
