@@ -67,6 +67,13 @@ def run_label(res: dict) -> str:
     return f"seed {res['seed']}, alpha {alpha:g}, units {units}, {m1}"
 
 
+M1_COLOURS = {"plain": "C3", "warm-up": "C0", "free bits": "C2"}
+
+
+def m1_kind(res: dict) -> str:
+    return "warm-up" if res.get("m1_kl_anneal") else "free bits" if res.get("m1_free_bits") else "plain"
+
+
 def plot(groups: dict[int, dict[str, dict]], plain: dict[str, dict], out: Path) -> None:
     """One panel per label count: each run's test accuracy per epoch and Pyro's table for that count."""
     import matplotlib
@@ -78,9 +85,15 @@ def plot(groups: dict[int, dict[str, dict]], plain: dict[str, dict], out: Path) 
     fig, axes = plt.subplots(1, len(counts), figsize=(7.5 if len(counts) == 1 else 3.6 * len(counts), 4.2),
                              squeeze=False)
     for ax, n in zip(axes[0], counts):
+        kinds = {m1_kind(res) for res in groups[n].values()}
         for label, res in groups[n].items():
             acc = res["test_accuracy"]
-            ax.plot(range(1, len(acc) + 1), acc, lw=1.6, label=f"pyrovae m1m2, {label}")
+            if len(kinds) > 1:  # several M1s in one panel: one colour per M1, the defaults left out of the name
+                style = {"color": M1_COLOURS[m1_kind(res)]}
+                label = label.replace(", alpha 200", "").replace(", units active", "")
+            else:
+                style, label = {}, f"pyrovae m1m2, {label}"
+            ax.plot(range(1, len(acc) + 1), acc, lw=1.4, label=label, **style)
         if n == 100 and len(counts) == 1:  # the 100-label figure: plain torch and Pyro's script beside
             for label, res in plain.items():
                 acc = [h["test"] for h in res["hist"]]
@@ -113,7 +126,7 @@ def main() -> None:
                    help="m1m2 run folders: seeds of one setting, at one or more label counts")
     p.add_argument("--variants", nargs="*", type=Path, default=[], help="runs of other settings (not in the mean)")
     p.add_argument("--earlier", nargs="*", type=Path, default=[],
-                   help="JSONs of this script whose runs (folders gone) join the figure, not the new JSON")
+                   help="JSONs of this script whose runs (folders gone) join the figure's panels, not the new JSON")
     p.add_argument("--plain", nargs="*", default=["d", "e", "f"], help="m1m2_plain_torch_*.json letters to plot")
     p.add_argument("--at-epoch", type=int, default=50, help="compare the runs after this many epochs")
     p.add_argument("--at-epoch-for", nargs="*", default=[], metavar="LABELS=EPOCH",
@@ -133,11 +146,11 @@ def main() -> None:
         else:
             variants[f"{opts['num_labels']} labels, {label}"] = res
         groups.setdefault(opts["num_labels"], {})[label] = res
-    for earlier in a.earlier:
+    for earlier in a.earlier:  # earlier runs join the panels of the label counts run now
         old = json.loads(earlier.read_text())
         for key, res in {**old["runs"], **old.get("variants", {})}.items():
             n, label = res["model_options"]["num_labels"], run_label(res)
-            if groups.setdefault(n, {}).setdefault(label, res) is res and key in old["runs"]:  # a new run wins
+            if n in groups and groups[n].setdefault(label, res) is res and key in old["runs"]:  # a new run wins
                 seeds.setdefault(n, {})[label] = res
     plain = {}
     for letter in a.plain:
