@@ -14,6 +14,11 @@ Runs whose folders are gone are read back from an earlier JSON of this script (`
     python benchmarks/m1m2_runs.py --runs /tmp/lib/m1m2-100-s0 /tmp/lib/m1m2-600-s0 /tmp/lib/m1m2-3000-s0 \
         --at-epoch 25 --at-epoch-for 100=73 --earlier benchmarks/results/m1m2_library_100labels.json \
         --json benchmarks/results/m1m2_library_100_600_3000labels.json --figure docs/images/zoo/m1m2-labels.png
+    python benchmarks/m1m2_runs.py --runs /tmp/lib/m1m2wu-3000-s0 /tmp/lib/m1m2wu-3000-s1 /tmp/lib/m1m2wu-3000-s2 \
+        /tmp/lib/m1m2wu-1000-s0 /tmp/lib/m1m2wu-600-s0 \
+        --variants /tmp/lib/m1m2-1000-s0 /tmp/lib/m1m2fb-1000-s0 /tmp/lib/m1m2fb-600-s0 --at-epoch 25 \
+        --earlier benchmarks/results/m1m2_library_100_600_3000labels.json \
+        --json benchmarks/results/m1m2_library_kl_warmup_m1.json --figure docs/images/zoo/m1m2-kl-warmup.png
 """
 
 from __future__ import annotations
@@ -58,20 +63,21 @@ def read_run(run: Path) -> dict:
     }
 
 
-def run_label(res: dict) -> str:
-    """A run's name in the figure and the JSON: seed, alpha, units and how its M1 was trained."""
-    opts = res["model_options"]
-    alpha, units = opts.get("aux_loss_multiplier", 200.0), opts.get("m1_units", "active")
-    m1 = (f"M1 KL warm-up {res['m1_kl_anneal']}" if res.get("m1_kl_anneal")
-          else f"M1 free bits {res['m1_free_bits']:g}" if res.get("m1_free_bits") else "M1 plain")
-    return f"seed {res['seed']}, alpha {alpha:g}, units {units}, {m1}"
-
-
 M1_COLOURS = {"plain": "C3", "warm-up": "C0", "free bits": "C2"}
 
 
 def m1_kind(res: dict) -> str:
+    """How a run's M1 was trained: plain, KL warm-up or free bits."""
     return "warm-up" if res.get("m1_kl_anneal") else "free bits" if res.get("m1_free_bits") else "plain"
+
+
+def run_label(res: dict) -> str:
+    """A run's name in the figure and the JSON: seed, alpha, units and how its M1 was trained."""
+    opts = res["model_options"]
+    alpha, units = opts.get("aux_loss_multiplier", 200.0), opts.get("m1_units", "active")
+    m1 = {"warm-up": f"M1 KL warm-up {res.get('m1_kl_anneal')}", "free bits": f"M1 free bits {res.get('m1_free_bits')}",
+          "plain": "M1 plain"}[m1_kind(res)]
+    return f"seed {res['seed']}, alpha {alpha:g}, units {units}, {m1}"
 
 
 def plot(groups: dict[int, dict[str, dict]], plain: dict[str, dict], out: Path) -> None:
