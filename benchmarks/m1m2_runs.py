@@ -17,7 +17,7 @@ Runs whose folders are gone are read back from an earlier JSON of this script (`
     python benchmarks/m1m2_runs.py --runs /tmp/lib/m1m2wu-3000-s0 /tmp/lib/m1m2wu-3000-s1 /tmp/lib/m1m2wu-3000-s2 \
         /tmp/lib/m1m2wu-1000-s0 /tmp/lib/m1m2wu-600-s0 \
         --variants /tmp/lib/m1m2-1000-s0 /tmp/lib/m1m2fb-1000-s0 /tmp/lib/m1m2fb-1000-s1 /tmp/lib/m1m2fb-600-s0 \
-        --at-epoch 25 \
+        /tmp/lib/m1m2fb-600-s1 --at-epoch 25 \
         --earlier benchmarks/results/m1m2_library_100_600_3000labels.json \
         --json benchmarks/results/m1m2_library_kl_warmup_m1.json --figure docs/images/zoo/m1m2-kl-warmup.png
 """
