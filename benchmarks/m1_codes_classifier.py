@@ -14,14 +14,13 @@ once, seed 0, both by ``ImageData.observations``). The units are those ``M1M2`` 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 from pathlib import Path
 
 import torch
+from m1m2_runs import read_m1
 
-import pyrovae
 from pyrovae.data import ImageData, load_dataset
 from pyrovae.models.m1m2 import M1M2
 from pyrovae.models.m2 import choose_labelled
@@ -34,15 +33,6 @@ def codes(vae, images: ImageData, seed: int) -> torch.Tensor:
         return torch.cat([vae.encoder(x[i:i + 5000])[0] for i in range(0, len(x), 5000)])
 
 
-def m1_summary(run: Path) -> dict:
-    """How the M1 was trained and where it ended: its flags, epochs and last held-out ELBO."""
-    config = json.loads((run / "config.json").read_text())
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    return {"m1_kl_anneal": config.get("kl_anneal"), "m1_free_bits": config.get("free_bits"),
-            "m1_seed": config["seed"], "m1_epochs": len(rows), "m1_heldout_elbo": float(rows[-1]["heldout_elbo"])}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("m1", type=Path, help="a `pyrovae train --model vae` run folder")
@@ -51,13 +41,12 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
-    vae, _ = pyrovae.load_model(a.m1)
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
-    m1m2 = M1M2(m1=str(a.m1), num_labels=100)
+    m1m2 = M1M2(m1=str(a.m1), num_labels=100)  # loads the M1 run
     m1m2.prepare_data(train)  # chooses the units M1+M2 models, as `pyrovae train --model m1m2` does
-    active = m1m2.m1_active
+    vae, active = m1m2.m1, m1m2.m1_active
     z_train, z_test = codes(vae, train, 0), codes(vae, test, 7919)
-    out = {"m1": str(a.m1), **m1_summary(a.m1), "active_units": int(active.sum()), "steps": a.steps,
+    out = {"m1": str(a.m1), **read_m1(a.m1), "active_units": int(active.sum()), "steps": a.steps,
            "machine": f"{platform.processor() or platform.machine()}, one thread", "test_accuracy": {}}
     for n in a.labels:
         mask = choose_labelled(train.labels, n, 10, seed=0) if n < len(train.labels) else slice(None)

@@ -37,26 +37,31 @@ RESULTS = ROOT / "benchmarks" / "results"
 PYRO_TABLE, PYRO_SCRIPT = {100: 0.932, 600: 0.944, 1000: 0.949, 3000: 0.958}, 0.641
 
 
-def read_run(run: Path) -> dict:
-    config = json.loads((run / "config.json").read_text())
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    accuracy = [float(r["heldout_accuracy"]) for r in rows]
-    options = config["model_options"]
-    m1 = Path(options["m1"])
+def read_m1(m1: Path) -> dict:
+    """How an M1 run was trained and where it ended (None where its folder is gone)."""
     m1_config = json.loads((m1 / "config.json").read_text()) if (m1 / "config.json").exists() else None
     m1_metrics = []
     if (m1 / "metrics.csv").exists():
         with open(m1 / "metrics.csv") as f:
             m1_metrics = list(csv.DictReader(f))
     return {
-        "run": str(run), "seed": config["seed"], "lr": config["lr"], "batch_size": config["batch_size"],
-        "model_options": {k: v for k, v in options.items() if k != "m1_options"},
-        "m1_options": options.get("m1_options"),
         "m1_epochs": len(m1_metrics), "m1_heldout_elbo": float(m1_metrics[-1]["heldout_elbo"]) if m1_metrics else None,
         "m1_seed": m1_config["seed"] if m1_config else None,
         "m1_kl_anneal": m1_config.get("kl_anneal") if m1_config else None,
         "m1_free_bits": m1_config.get("free_bits") if m1_config else None,
+    }
+
+
+def read_run(run: Path) -> dict:
+    config = json.loads((run / "config.json").read_text())
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    accuracy = [float(r["heldout_accuracy"]) for r in rows]
+    options = config["model_options"]
+    return {
+        "run": str(run), "seed": config["seed"], "lr": config["lr"], "batch_size": config["batch_size"],
+        "model_options": {k: v for k, v in options.items() if k != "m1_options"},
+        "m1_options": options.get("m1_options"), **read_m1(Path(options["m1"])),
         "epochs": len(rows), "seconds_per_epoch_median": statistics.median(float(r["seconds"]) for r in rows),
         "test_accuracy": accuracy, "test_accuracy_last": accuracy[-1],
         "test_accuracy_last5_mean": statistics.mean(accuracy[-5:]), "test_accuracy_max": max(accuracy),
@@ -72,13 +77,17 @@ def m1_kind(res: dict) -> str:
     return "warm-up" if res.get("m1_kl_anneal") else "free bits" if res.get("m1_free_bits") else "plain"
 
 
-def run_label(res: dict) -> str:
-    """A run's name in the figure and the JSON: seed, alpha, units and how its M1 was trained."""
+def run_label(res: dict, defaults: bool = True) -> str:
+    """A run's name in the figure and the JSON: seed, alpha, units (``defaults=False``: only where they
+    differ from m1m2's defaults) and how its M1 was trained."""
     opts = res["model_options"]
     alpha, units = opts.get("aux_loss_multiplier", 200.0), opts.get("m1_units", "active")
     m1 = {"warm-up": f"M1 KL warm-up {res.get('m1_kl_anneal')}", "free bits": f"M1 free bits {res.get('m1_free_bits')}",
           "plain": "M1 plain"}[m1_kind(res)]
-    return f"seed {res['seed']}, alpha {alpha:g}, units {units}, {m1}"
+    parts = [f"seed {res['seed']}"]
+    parts += [f"alpha {alpha:g}"] if defaults or alpha != 200 else []
+    parts += [f"units {units}"] if defaults or units != "active" else []
+    return ", ".join([*parts, m1])
 
 
 def plot(groups: dict[int, dict[str, dict]], plain: dict[str, dict], out: Path) -> None:
@@ -96,8 +105,7 @@ def plot(groups: dict[int, dict[str, dict]], plain: dict[str, dict], out: Path) 
         for label, res in groups[n].items():
             acc = res["test_accuracy"]
             if len(kinds) > 1:  # several M1s in one panel: one colour per M1, the defaults left out of the name
-                style = {"color": M1_COLOURS[m1_kind(res)]}
-                label = label.replace(", alpha 200", "").replace(", units active", "")
+                style, label = {"color": M1_COLOURS[m1_kind(res)]}, run_label(res, defaults=False)
             else:
                 style, label = {}, f"pyrovae m1m2, {label}"
             ax.plot(range(1, len(acc) + 1), acc, lw=1.4, label=label, **style)
