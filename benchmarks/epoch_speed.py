@@ -348,7 +348,7 @@ def main():
         if args.docs:
             from train_speed import write_section
 
-            write_section(Path(args.docs), "epoch-speed", table(meta, results))
+            write_section(Path(args.docs), "epoch-speed", table(meta, results), raw=args.json)
     print(f"wrote {args.json}")
 
 

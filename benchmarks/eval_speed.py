@@ -220,7 +220,7 @@ def main() -> None:
         f"`{Path(args.json).relative_to(ROOT) if Path(args.json).is_relative_to(ROOT) else args.json}`.\n\n"
         + "\n".join(lines)
     )
-    write_section(Path(args.docs), args.section, body)
+    write_section(Path(args.docs), args.section, body, raw=args.json)
     print(body)
 
 

@@ -110,7 +110,7 @@ def main() -> None:
         f"Command: `{meta['command']}`; raw numbers in `benchmarks/results/iwae_speed.json`.\n\n"
         + "\n".join(lines)
     )
-    write_section(Path(args.docs), "iwae-speed", body)
+    write_section(Path(args.docs), "iwae-speed", body, raw=args.json)
     print(body)
 
 

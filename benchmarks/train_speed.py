@@ -178,8 +178,15 @@ def table(results):
     return "\n".join(lines)
 
 
-def write_section(path: Path, marker: str, body: str) -> None:
-    """Replace the text between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``path``."""
+def write_section(path: Path, marker: str, body: str, raw: str | Path | None = None) -> None:
+    """Replace the text between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``path``.
+
+    ``raw``: the JSON the table cites. A table of the repository's docs is left as it is when
+    its raw numbers are written outside the repository (a scratch or smoke run, whose
+    numbers no reader could find): the docs cite committed results only."""
+    if raw is not None and path.resolve().is_relative_to(ROOT) and not Path(raw).resolve().is_relative_to(ROOT):
+        print(f"{path} not rewritten: its raw numbers would be in {raw}, outside the repository")
+        return
     text = path.read_text() if path.exists() else ""
     start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     block = f"{start}\n{body}\n{end}"
@@ -244,7 +251,7 @@ def main():
         "tracing and dispatch):\n\n"
         + "\n".join(prof_lines)
     )
-    write_section(Path(args.docs), "train-speed", body)
+    write_section(Path(args.docs), "train-speed", body, raw=args.json)
     print(f"wrote {args.json} and {args.docs}")
 
 

@@ -150,7 +150,7 @@ def main() -> None:
     ]
     for name, r in results.items():
         lines.append(f"| {name} | {r['base_ms']:.1f} | {r['tree_ms']:.1f} | {r['ratio']:.3f} |")
-    write_section(Path(args.docs), "versus-commit", "\n".join(lines))
+    write_section(Path(args.docs), "versus-commit", "\n".join(lines), raw=args.json)
     print(f"wrote {args.json} and {args.docs}")
 
 

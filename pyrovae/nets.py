@@ -26,10 +26,58 @@ class Tanh(nn.Module):
         return torch.sigmoid(2 * x).mul_(2).sub_(1)  # no autograd: reuse one buffer
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log(1 + e^x) = \max(x, 0) + \operatorname{log1p}(e^{-|x|})`, with the log1p taken as
+    :math:`\log w - ((w - 1) - u) / w` for :math:`w = 1 + u` (Goldberg's correction: within
+    1.5 ulp of the exact value, as ``F.softplus``'s 1 ulp). On our CPU ``torch.log1p`` is not
+    vectorised (9 ns per value) and ``F.softplus`` calls it, so the hidden layers' softplus
+    was 9% of a training step; these nine vector passes take a third of its time at 256 x 400
+    values (docs/benchmarks.md). Elsewhere (GPU: one fused kernel) it is ``F.softplus``.
+    The gradient is :math:`\sigma(x)`, written by hand, and twice differentiable."""
+    if x.device.type != "cpu":
+        return F.softplus(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Softplus.apply(x)
+    return _softplus_values(x)
+
+
+def _softplus_values(x: torch.Tensor) -> torch.Tensor:
+    u = x.abs().neg_().exp_()  # e^{-|x|} in (0, 1]
+    w = u + 1
+    correction = (w - 1).sub_(u).div_(w)  # the rounding of 1 + u, divided by w
+    return w.log_().sub_(correction).add_(x.clamp_min(0))
+
+
+class _Softplus(torch.autograd.Function):
+    """:func:`softplus` with its gradient ``sigmoid(x)`` by hand (autograd through the nine
+    passes would take nine backward passes)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return _softplus_values(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.sigmoid(x) * grad  # differentiable ops: double backward works
+
+
+class Softplus(nn.Softplus):
+    """``nn.Softplus`` computed by :func:`softplus` (the defaults ``beta=1, threshold=20``;
+    other settings take ``F.softplus``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.beta != 1 or self.threshold != 20:
+            return super().forward(x)
+        return softplus(x)
+
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "tanh": Tanh,
-    "softplus": nn.Softplus,
+    "softplus": Softplus,
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "leaky_relu": nn.LeakyReLU,
@@ -67,7 +115,7 @@ class GaussianHead(nn.Module):
         self.scale = nn.Linear(in_dim, out_dim)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loc(h), F.softplus(self.scale(h)) + MIN_SCALE
+        return self.loc(h), softplus(self.scale(h)) + MIN_SCALE
 
 
 class MLPEncoder(nn.Module):

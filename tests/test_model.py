@@ -131,6 +131,34 @@ def test_fast_tanh_equals_torch_tanh_in_value_and_gradient():
     assert torch.allclose(leaf.grad, 1 - torch.tanh(x) ** 2, rtol=0, atol=1e-6)
 
 
+def test_fast_softplus_is_within_two_ulp_of_the_exact_value_with_the_exact_gradient():
+    from pyrovae.nets import Softplus, softplus
+
+    x = torch.cat([torch.linspace(-80, 100, 200_001), -torch.logspace(-8, 1.9, 20_001),
+                   torch.logspace(-8, 1.9, 20_001), torch.tensor([0.0, float("inf"), -float("inf")])])
+    exact = torch.nn.functional.softplus(x.double())
+    with torch.no_grad():
+        got = Softplus()(x)
+    finite = torch.isfinite(exact) & (exact > 1e-30)  # below: float32's subnormals
+    ulps = (got.double() - exact).abs()[finite] / (torch.finfo(torch.float32).eps * exact[finite])
+    assert ulps.max() < 2
+    assert got[-2] == float("inf") and got[-1] == 0 and torch.isnan(softplus(torch.tensor(float("nan"))))
+    leaf = x[:-2].clone().requires_grad_()  # the gradient sigma(x), as F.softplus's to rounding
+    softplus(leaf).sum().backward()
+    assert torch.allclose(leaf.grad, torch.sigmoid(x[:-2]), rtol=1e-6, atol=0)
+    # twice differentiable (a contractive penalty differentiates the gradient)
+    d = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(softplus, (d,)) and torch.autograd.gradgradcheck(softplus, (d,))
+    # a jit trace (the trainer's compiled loss) gives the eager values and gradient
+    w = torch.randn(5, 3, requires_grad=True)
+    traced = torch.jit.trace(lambda a, v: softplus(a @ v), (torch.randn(4, 5), w), check_trace=False)
+    a = torch.randn(4, 5)
+    eager_grad = torch.autograd.grad(softplus(a @ w).sum(), w)[0]
+    assert torch.equal(traced(a, w), softplus(a @ w))
+    assert torch.equal(torch.autograd.grad(traced(a, w).sum(), w)[0], eager_grad)
+    assert Softplus(beta=2.0)(x[:5]).equal(torch.nn.functional.softplus(x[:5], beta=2.0))
+
+
 def test_predictive_on_the_model_draws_real_samples():
     """Before: Predictive(vae.model) returned the data and model(None) failed."""
     from pyro import poutine
