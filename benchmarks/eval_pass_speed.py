@@ -1,6 +1,7 @@
 """Where an importance-sampling pass spends its time, on one thread: the weight pass alone, eager
 and compiled with ``torch.jit``, against the decoder's matrix products, and the per-image work
-after it (PSIS k-hat).
+after it (PSIS k-hat); and the pass's two largest pieces alone on the same shapes: the decoder
+and the Bernoulli log-probability of its logits.
 
 Model and data as ``eval_speed.py`` (IWAE architecture, untrained weights, embedded MNIST digits
 binarised once); one image, ``P`` particles per pass. "jit" runs ``log_importance_weights``
@@ -25,6 +26,7 @@ import torch
 from eval_speed import DECODER_FLOPS, matmul_gflops
 
 import pyrovae
+from pyrovae.distributions import bernoulli_log_prob
 from pyrovae.infer import psis_khat
 from pyrovae.infer.importance import CompiledWeights, log_importance_weights
 
@@ -55,7 +57,13 @@ def main() -> None:
             with pyro.validation_enabled(False), pyro.poutine.block():
                 return compiled(xb, num_particles=particles)
 
-        times = {"eager": [], "jit": []}
+        z = torch.randn(particles, 1, vae.latent_dim)
+        logits = vae.decoder(z).detach()
+        parts = {  # the pass's two largest pieces alone, on the same shapes
+            "decoder": lambda _x, z=z: vae.decoder(z),
+            "bernoulli": lambda xb, logits=logits: bernoulli_log_prob(logits, xb),
+        }
+        times = {"eager": [], "jit": [], "decoder": [], "bernoulli": []}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for _ in range(3):  # warm-up: parameters, tracing, the check against eager
@@ -63,14 +71,16 @@ def main() -> None:
             if compiled.failed:
                 raise SystemExit("the compiled pass fell back to eager; nothing to compare")
             for _ in range(args.repeats):
-                for name, fn in (("eager", weights), ("jit", traced)):
+                for name, fn in (("eager", weights), ("jit", traced), *parts.items()):
                     start = time.perf_counter()
                     fn(x)
                     times[name].append(time.perf_counter() - start)
         us = {k: statistics.median(v) / particles * 1e6 for k, v in times.items()}
         rows.append({"particles": particles, "us_per_pair_eager": us["eager"], "us_per_pair_jit": us["jit"],
+                     "us_per_pair_decoder": us["decoder"], "us_per_pair_bernoulli_log_prob": us["bernoulli"],
                      "us_per_pair_matmul_at_peak": DECODER_FLOPS / peak / 1e3})
-        print(f"{particles} particles: eager {us['eager']:.2f}, jit {us['jit']:.2f}, decoder matmul at peak "
+        print(f"{particles} particles: eager {us['eager']:.2f}, jit {us['jit']:.2f} (of which decoder alone "
+              f"{us['decoder']:.2f}, Bernoulli log-prob alone {us['bernoulli']:.2f}), decoder matmul at peak "
               f"{rows[-1]['us_per_pair_matmul_at_peak']:.2f} us per pair", flush=True)
     lw = torch.randn(1, 5000, dtype=torch.float64).numpy() * 3
     psis_khat(lw)

@@ -144,8 +144,9 @@ def main() -> None:
                    help="JSONs of this script whose runs (folders gone) join the figure's panels, not the new JSON")
     p.add_argument("--plain", nargs="*", default=["d", "e", "f"], help="m1m2_plain_torch_*.json letters to plot")
     p.add_argument("--at-epoch", type=int, default=50, help="compare the runs after this many epochs")
-    p.add_argument("--at-epoch-for", nargs="*", default=[], metavar="LABELS=EPOCH",
-                   help="another epoch for one label count, e.g. 100=73 (its runs, earlier ones too)")
+    p.add_argument("--at-epoch-for", nargs="*", default=[], metavar="LABELS=EPOCH[,EPOCH...]",
+                   help="another epoch for one label count, e.g. 100=73 (its runs, earlier ones too); "
+                        "600=50,75: also the mean after 75 epochs")
     p.add_argument("--json", type=Path, default=RESULTS / "m1m2_library_100labels.json")
     p.add_argument("--figure", type=Path, default=ROOT / "docs" / "images" / "zoo" / "m1m2-100labels.png")
     a = p.parse_args()
@@ -172,10 +173,11 @@ def main() -> None:
         res = json.loads((RESULTS / f"m1m2_plain_torch_{letter}.json").read_text())
         units = "active" if res["args"].get("active_only") else "all"
         plain[f"{letter}: alpha {res['alpha']:g}, lr {res['args'].get('lr', 3e-4):g}, units {units}"] = res
-    given = {int(k): int(v) for k, v in (o.split("=") for o in a.at_epoch_for)}
+    given = {int(k): [int(e) for e in v.split(",")] for k, v in (o.split("=") for o in a.at_epoch_for)}
     # a label count with its own epoch is compared over all its runs, earlier JSONs' too
-    across = {n: across_seeds(seeds[n], given[n]) if n in given else across_seeds(runs[n], a.at_epoch)
+    across = {n: across_seeds(seeds[n], given[n][0]) if n in given else across_seeds(runs[n], a.at_epoch)
               for n in sorted({*runs, *given})}
+    later = {n: [across_seeds(seeds[n], e) for e in epochs[1:]] for n, epochs in given.items() if epochs[1:]}
     counts = ", ".join(str(n) for n in sorted(runs))
     result = {
         "what": f"pyrovae train --model m1m2 with {counts} labels (choose_labelled seed = the run's seed) on MNIST, "
@@ -192,6 +194,8 @@ def main() -> None:
     else:
         result.update({"across_seeds": {str(n): across[n] for n in sorted(across)},
                        "runs": {f"{n} labels, {label}": res for n in sorted(runs) for label, res in runs[n].items()}})
+    if later:
+        result["across_seeds_later"] = {str(n): later[n] for n in sorted(later)}
     result["variants"] = variants
     a.json.write_text(json.dumps(result, indent=1))
     plot(groups, plain, a.figure)
@@ -200,11 +204,12 @@ def main() -> None:
             print(f"{n} labels, {label}: {res['epochs']} epochs, last {res['test_accuracy_last']:.4f}, last-5 mean "
                   f"{res['test_accuracy_last5_mean']:.4f}, max {res['test_accuracy_max']:.4f}, "
                   f"{res['seconds_per_epoch_median']:.0f} s/epoch")
-        c = across[n]
-        if c["runs"]:
-            sd = f" +/- {c['sd']:.4f} (sd)" if c["sd"] is not None else ""
-            print(f"{n} labels after {c['epoch']} epochs, {c['runs']} runs: {c['mean']:.4f}{sd} (Pyro's table "
-                  f"{PYRO_TABLE.get(n)}); mean of epochs {c['epoch'] - 4}-{c['epoch']}: {c['mean_of_last5_means']:.4f}")
+        for c in [across[n], *later.get(n, [])]:
+            if c["runs"]:
+                sd = f" +/- {c['sd']:.4f} (sd)" if c["sd"] is not None else ""
+                print(f"{n} labels after {c['epoch']} epochs, {c['runs']} runs: {c['mean']:.4f}{sd} (Pyro's table "
+                      f"{PYRO_TABLE.get(n)}); mean of epochs {c['epoch'] - 4}-{c['epoch']}: "
+                      f"{c['mean_of_last5_means']:.4f}")
 
 
 if __name__ == "__main__":
