@@ -31,7 +31,7 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     :math:`\log w - ((w - 1) - u) / w` for :math:`w = 1 + u` (Goldberg's correction: within
     1.5 ulp of the exact value, as ``F.softplus``'s 1 ulp). On our CPU ``torch.log1p`` is not
     vectorised (9 ns per value) and ``F.softplus`` calls it, so the hidden layers' softplus
-    was 9% of a training step; these nine vector passes take a third of its time at 256 x 400
+    was 9% of a training step; these eleven vector passes take a third of its time at 256 x 400
     values (docs/benchmarks.md). Elsewhere (GPU: one fused kernel) it is ``F.softplus``.
     The gradient is :math:`\sigma(x)`, written by hand, and twice differentiable."""
     if x.device.type != "cpu":
@@ -49,8 +49,8 @@ def _softplus_values(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Softplus(torch.autograd.Function):
-    """:func:`softplus` with its gradient ``sigmoid(x)`` by hand (autograd through the nine
-    passes would take nine backward passes)."""
+    """:func:`softplus` with its gradient ``sigmoid(x)`` by hand (autograd through the eleven
+    passes would take as many backward passes)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
